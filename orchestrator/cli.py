@@ -1,0 +1,81 @@
+"""`steprl <command> CONFIG [key=value ...]`: every command validates its config first, then runs.
+
+Commands are a registry of lazily imported functions, so `steprl --help` and config errors stay fast (no
+torch / Ray import before the config is known to be good).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+
+from orchestrator.validate import ConfigError, explain, load_config
+
+# name -> (module, function, one-line help). Each function takes (cfg, args) and returns a summary dict.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("orchestrator.train", "run_train", "step-level RL (PPO / GRPO) on Ray: vLLM generators, "
+              "reward / critic / reference actors, DeepSpeed learners"),
+    "sft": ("orchestrator.sft_command", "run_sft_command", "supervised fine-tuning of the tiny policy "
+            "on generated correct solutions"),
+    "eval": ("orchestrator.eval_command", "run_eval_command", "held-out accuracy, pass@k, step accuracy "
+             "and first-error histogram of a policy"),
+    "bench": ("orchestrator.bench", "run_bench", "benchmarks (generation, learner step, weight sync); "
+              "writes JSON"),
+    "config": ("orchestrator.cli", "show_config", "validate a config and print it resolved "
+               "(--explain: every field with its doc)"),
+}
+
+
+def show_config(cfg, args) -> dict:
+    from omegaconf import OmegaConf
+    if args.explain:
+        print("\n".join(explain()))
+    else:
+        print(OmegaConf.to_yaml(cfg), end="")
+    return {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="steprl", description="Step-level RL for reasoning language models on Ray.",
+        epilog="Every command: steprl <command> CONFIG [key=value ...], e.g. "
+               "steprl train configs/demo_cpu.yaml algo.estimator=grpo_process")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, (_, _, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("config", help="experiment YAML file (see configs/)")
+        p.add_argument("overrides", nargs="*", help="dotlist overrides, key=value")
+        if name == "config":
+            p.add_argument("--explain", action="store_true", help="print every field with its doc")
+        if name == "bench":
+            p.add_argument("--what", default="all", help="generate | learner | sync | all")
+            p.add_argument("--out", default=None, help="JSON output path (default run_dir/bench.json)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = [_alias(o) for o in args.overrides]
+    try:
+        cfg = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[args.command]
+    summary = getattr(importlib.import_module(module), func)(cfg, args)
+    if summary:
+        print(json.dumps(summary, indent=1, default=str) if os.environ.get("STEPRL_PRINT_SUMMARY") else
+              f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")
+    return 0
+
+
+def _alias(override: str) -> str:
+    """`policy=DIR` is short for `model.policy=DIR` (steprl eval CONFIG policy=DIR)."""
+    return "model." + override if override.startswith("policy=") else override
+
+
+if __name__ == "__main__":
+    sys.exit(main())

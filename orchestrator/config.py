@@ -1,0 +1,173 @@
+"""The experiment schema: one typed config, read once in the driver and passed down as plain values.
+
+Every field carries a one-line doc (`steprl config CONFIG --explain` prints them). `load_config` merges
+YAML and dotlist overrides onto the schema and validates everything before any Ray work starts; errors name
+the field (and for unknown keys, the closest valid one). See orchestrator/validate.py for the rules.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+
+def f(default: Any, doc: str, **kw):
+    """A dataclass field with its one-line doc kept in metadata (for --explain and error messages)."""
+    if isinstance(default, (list, dict)) or callable(default):
+        factory = default if callable(default) else (lambda d=default: type(d)(d))
+        return field(default_factory=factory, metadata={"doc": doc, **kw})
+    return field(default=default, metadata={"doc": doc, **kw})
+
+
+@dataclass
+class TaskConfig:
+    kind: str = f("arithmetic", "task source: 'arithmetic' (generated chains) or 'jsonl' (prompt/answer rows)")
+    min_steps: int = f(2, "fewest operations in a generated chain")
+    max_steps: int = f(5, "most operations in a generated chain")
+    modulus: int = f(10, "arithmetic is done modulo this number")
+    operand_max: int = f(9, "largest operand in a generated chain")
+    operators: str = f("+-", "operators a generated chain may use (subset of '+-*')")
+    train_path: Optional[str] = f(None, "JSONL file of training prompts (kind=jsonl)")
+    eval_path: Optional[str] = f(None, "JSONL file of held-out prompts (kind=jsonl)")
+    skip_bad_rows: bool = f(False, "skip (and count) malformed JSONL rows instead of failing")
+
+
+@dataclass
+class ModelConfig:
+    policy: str = f("tasks/assets/base_policy", "policy model directory (HF format) RL starts from")
+    critic: Optional[str] = f(None, "critic model directory; null = value head on a copy of the policy")
+    dtype: str = f("float32", "generator / learner dtype: float32 | bfloat16 | float16")
+    hidden: int = f(128, "tiny policy width (only when SFT creates the policy)")
+    layers: int = f(4, "tiny policy layers (only when SFT creates the policy)")
+    heads: int = f(4, "tiny policy attention heads (only when SFT creates the policy)")
+    kv_heads: int = f(2, "tiny policy key/value heads (only when SFT creates the policy)")
+
+
+@dataclass
+class SFTConfig:
+    batches: int = f(1000, "optimizer steps of supervised fine-tuning")
+    batch_size: int = f(64, "solutions per SFT batch")
+    lr: float = f(1e-3, "peak SFT learning rate (AdamW)")
+    warmup: int = f(200, "SFT linear warm-up steps")
+
+
+@dataclass
+class RolloutConfig:
+    num_generators: int = f(1, "vLLM generator replicas (Ray actors)")
+    prompts_per_step: int = f(16, "prompts sampled per train step")
+    group_size: int = f(8, "responses sampled per prompt (the GRPO group)")
+    temperature: float = f(1.0, "sampling temperature")
+    top_p: float = f(1.0, "nucleus sampling mass")
+    max_new_tokens: int = f(64, "longest response in tokens (longer ones are truncated, finish_reason=length)")
+    step_delimiter: str = f("\n", "text that ends a reasoning step ('\\n\\n' for chat models)")
+    max_model_len: int = f(256, "vLLM context length")
+    kv_cache_gb: float = f(1.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = f(0.5, "vLLM GPU memory fraction (GPU only)")
+    enforce_eager: bool = f(True, "disable CUDA graphs / compilation in vLLM")
+
+
+@dataclass
+class RewardSourceConfig:
+    name: str = f("oracle", "reward source: oracle (step verifier), outcome (answer checker), prm (learned PRM)")
+    weight: float = f(1.0, "weight of this source when sources are combined")
+    path: Optional[str] = f(None, "model directory (prm only)")
+
+
+@dataclass
+class RewardConfig:
+    sources: list[RewardSourceConfig] = f(
+        lambda: [RewardSourceConfig("oracle", 1.0), RewardSourceConfig("outcome", 1.0)],
+        "reward sources; step sources (oracle, prm) give step rewards, outcome sources the outcome reward")
+    meaning: str = f("step_correct", "what an oracle step reward means: step_correct | prefix_correct")
+    transform: str = f("identity", "step reward transform (algo.transforms registry)")
+    transform_params: dict[str, float] = f({}, "keyword arguments of the transform")
+
+
+@dataclass
+class AlgoConfig:
+    estimator: str = f("grpo_process", "advantage estimator (algo.advantages registry)")
+    gamma: float = f(1.0, "discount (gae, step_ppo)")
+    lam: float = f(0.95, "GAE lambda (gae, step_ppo)")
+    outcome_weight: float = f(1.0, "weight of the outcome reward added to the last step (process estimators)")
+    std_normalize: bool = f(True, "divide group-centred rewards by the group std (False: Dr. GRPO)")
+    pav_alpha: float = f(1.0, "weight of the prover advantage (pav)")
+    whiten: bool = f(False, "whiten advantages over the batch after the estimator")
+    kl_coef: float = f(0.0, "KL(policy || reference) coefficient; 0 disables the reference worker")
+    kl_estimator: str = f("k3", "KL estimator: k1 | k2 | k3")
+    kl_in: str = f("loss", "where the KL goes: loss | reward")
+    clip_low: float = f(0.2, "PPO ratio clip below 1")
+    clip_high: float = f(0.28, "PPO ratio clip above 1 (clip-higher)")
+    dual_clip: Optional[float] = f(None, "dual-clip constant c > 1 for negative advantages; null disables")
+    value_clip: Optional[float] = f(0.2, "value-loss clip range; null disables")
+    loss_agg: str = f("token", "loss aggregation: token | step | sequence")
+    entropy_coef: float = f(0.0, "entropy bonus coefficient")
+    sft_coef: float = f(0.0, "coefficient of a supervised NLL on correct samples mixed into the policy loss")
+
+
+@dataclass
+class LearnerConfig:
+    num_ranks: int = f(2, "DeepSpeed data-parallel ranks (Ray actors)")
+    backend: str = f("gloo", "torch.distributed backend: gloo (CPU) | nccl (GPU)")
+    zero_stage: int = f(2, "DeepSpeed ZeRO stage: 0 | 1 | 2 | 3")
+    micro_batch_size: int = f(16, "samples per rank per forward/backward")
+    lr: float = f(2e-4, "policy learning rate (AdamW)")
+    weight_decay: float = f(0.0, "AdamW weight decay")
+    warmup_steps: int = f(0, "linear lr warm-up in optimizer steps")
+    schedule: str = f("constant", "lr schedule after warm-up: constant | cosine")
+    grad_clip: float = f(1.0, "gradient norm clip")
+    ppo_epochs: int = f(1, "passes over each batch")
+    mini_batches: int = f(1, "optimizer steps per pass (the batch is split into this many)")
+    critic_lr: float = f(1e-4, "critic learning rate")
+    critic_warmup_steps: int = f(0, "train steps that train only the critic, policy frozen")
+
+
+@dataclass
+class EvalConfig:
+    num_problems: int = f(200, "held-out problems per evaluation")
+    k: int = f(4, "samples per problem for pass@k")
+    temperature: float = f(1.0, "sampling temperature for pass@k")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = f(40, "RL train steps")
+    eval_every: int = f(10, "evaluate on held-out problems every N steps (0: only before and after)")
+    checkpoint_every: int = f(10, "write a checkpoint every N steps (0: only at the end)")
+    keep_checkpoints: int = f(2, "checkpoints kept in run_dir/checkpoints")
+    timeout_s: float = f(600.0, "deadline of every ray.get / ray.wait on a role")
+
+
+@dataclass
+class RoleResources:
+    num_cpus: float = f(0.25, "Ray CPUs reserved per actor of this role")
+    num_gpus: float = f(0.0, "Ray GPUs reserved per actor of this role")
+
+
+def _roles() -> dict[str, RoleResources]:
+    return {r: RoleResources() for r in ("generator", "reward", "critic", "reference", "learner")}
+
+
+@dataclass
+class ClusterConfig:
+    address: Optional[str] = f(None, "Ray address to attach to ('auto' under ray job submit); null = start locally")
+    num_cpus: Optional[int] = f(None, "CPUs of a locally started Ray (null = all)")
+    placement_strategy: str = f("PACK", "placement group strategy: PACK | SPREAD | STRICT_PACK | STRICT_SPREAD")
+    roles: dict[str, RoleResources] = f(_roles, "resources per role; learner is per rank")
+    threads_per_actor: int = f(1, "torch / OMP / BLAS threads in every actor")
+
+
+@dataclass
+class ExperimentConfig:
+    run_dir: str = f("runs/default", "directory for config.yaml, metrics, checkpoints and summary.json")
+    seed: int = f(0, "seed of everything (data order, sampling, init)")
+    resume: bool = f(False, "continue from the newest checkpoint in run_dir")
+    task: TaskConfig = f(TaskConfig, "the reasoning task")
+    model: ModelConfig = f(ModelConfig, "model directories")
+    sft: SFTConfig = f(SFTConfig, "supervised fine-tuning (steprl sft)")
+    rollout: RolloutConfig = f(RolloutConfig, "generation")
+    reward: RewardConfig = f(RewardConfig, "reward sources and transform")
+    algo: AlgoConfig = f(AlgoConfig, "estimator and losses")
+    learner: LearnerConfig = f(LearnerConfig, "DeepSpeed learner group")
+    eval: EvalConfig = f(EvalConfig, "held-out evaluation")
+    train: TrainConfig = f(TrainConfig, "the RL loop")
+    cluster: ClusterConfig = f(ClusterConfig, "Ray cluster and placement")

@@ -1,0 +1,225 @@
+"""Load and validate an experiment config: YAML + dotlist overrides onto the schema, checked in the driver.
+
+Every error is a ConfigError whose message starts with the dotted field name. Unknown keys name the closest
+valid key; bad values name the value and what is allowed; cross-field rules name the fields that disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import typing
+from typing import Any, Callable
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from orchestrator.config import ExperimentConfig, RoleResources
+
+
+class ConfigError(ValueError):
+    """A config problem, message starting with the dotted field name."""
+
+
+ROLES = ("generator", "reward", "critic", "reference", "learner")
+REWARD_SOURCES = ("oracle", "outcome", "prm")
+# The third meaning, "value" (Monte-Carlo rollouts from each step prefix, Math-Shepherd), needs the PRM
+# lifecycle of DESIGN.md section 8 and is not offered until it exists.
+STEP_MEANINGS = ("step_correct", "prefix_correct")
+CRITIC_ESTIMATORS = ("gae", "step_ppo")   # estimators that need values from the critic
+# Mirrors of the algo registries, so validation never imports torch (it must fail in seconds);
+# tests/orchestrator/test_config.py checks they equal algo.advantages.ESTIMATORS / algo.transforms.REWARD_TRANSFORMS.
+ESTIMATORS = ("grpo_outcome", "grpo_process", "grpo_step", "gae", "step_ppo", "pav", "rloo", "reinforce_pp")
+TRANSFORMS = ("identity", "log_prob", "linear", "clip", "delta", "min_form")
+
+
+def load_config(path: str | None, overrides: list[str] = ()) -> DictConfig:
+    """Schema <- YAML file <- dotlist overrides, validated; returns a read-only DictConfig."""
+    layers = []
+    if path is not None:
+        if not os.path.isfile(path):
+            raise ConfigError(f"config file not found: {path}")
+        with open(path) as fh:
+            try:
+                raw = yaml.safe_load(fh) or {}
+            except yaml.YAMLError as e:
+                raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+        check_known_keys(raw, ExperimentConfig, "", source=path)
+        layers.append(raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not key=value")
+        raw = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        check_known_keys(raw, ExperimentConfig, "", source="command line")
+        layers.append(raw)
+    cfg = OmegaConf.structured(ExperimentConfig)
+    try:
+        for layer in layers:
+            cfg = OmegaConf.merge(cfg, layer)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "config"
+        raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    validate(cfg)
+    OmegaConf.set_readonly(cfg, True)
+    return cfg
+
+
+def check_known_keys(raw: dict, schema: type, prefix: str, source: str) -> None:
+    """Every key of `raw` must be a field of `schema` (recursively); suggest the closest valid key."""
+    fields = {fl.name: fl for fl in dataclasses.fields(schema)}
+    hints = typing.get_type_hints(schema)
+    for key, value in raw.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.5)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f"; valid keys: {', '.join(fields)}"
+            raise ConfigError(f"{dotted}: unknown key in {source}{hint}")
+        sub = _dataclass_of(hints[key])
+        item = _item_dataclass(hints[key])
+        if sub is not None and isinstance(value, dict):
+            check_known_keys(value, sub, dotted + ".", source)
+        elif item is not None and isinstance(value, list):
+            for i, elem in enumerate(value):
+                if isinstance(elem, dict):
+                    check_known_keys(elem, item, f"{dotted}[{i}].", source)
+        elif item is RoleResources and isinstance(value, dict):
+            for role, res in value.items():
+                if role not in ROLES:
+                    raise ConfigError(f"{dotted}.{role}: unknown role; valid roles: {', '.join(ROLES)}")
+                if isinstance(res, dict):
+                    check_known_keys(res, RoleResources, f"{dotted}.{role}.", source)
+
+
+def _dataclass_of(tp) -> type | None:
+    return tp if dataclasses.is_dataclass(tp) else None
+
+
+def _item_dataclass(tp) -> type | None:
+    """The dataclass inside list[X] / dict[str, X], if any."""
+    args = typing.get_args(tp)
+    return args[-1] if args and dataclasses.is_dataclass(args[-1]) else None
+
+
+# ---------------------------------------------------------------- value rules: (field, check, allowed) ----
+def _choices(values: tuple) -> tuple[Callable[[Any], bool], Callable[[], str]]:
+    return (lambda v: v in values), (lambda: "one of " + ", ".join(map(str, values)))
+
+
+def _positive(v) -> bool:
+    return v is not None and v > 0
+
+
+RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
+    ("task.kind", *_choices(("arithmetic", "jsonl"))),
+    ("task.min_steps", _positive, lambda: "an integer >= 1"),
+    ("task.modulus", lambda v: v >= 2, lambda: "an integer >= 2"),
+    ("task.operators", lambda v: bool(v) and set(v) <= set("+-*"), lambda: "a non-empty subset of '+-*'"),
+    ("model.dtype", *_choices(("float32", "bfloat16", "float16"))),
+    ("rollout.num_generators", _positive, lambda: "an integer >= 1"),
+    ("rollout.prompts_per_step", _positive, lambda: "an integer >= 1"),
+    ("rollout.group_size", _positive, lambda: "an integer >= 1"),
+    ("rollout.temperature", lambda v: v >= 0, lambda: "a number >= 0"),
+    ("rollout.top_p", lambda v: 0 < v <= 1, lambda: "a number in (0, 1]"),
+    ("rollout.max_new_tokens", _positive, lambda: "an integer >= 1"),
+    ("rollout.step_delimiter", lambda v: len(v) > 0, lambda: "a non-empty string"),
+    ("reward.meaning", *_choices(STEP_MEANINGS)),
+    ("reward.transform", *_choices(TRANSFORMS)),
+    ("algo.estimator", *_choices(ESTIMATORS)),
+    ("algo.kl_estimator", *_choices(("k1", "k2", "k3"))),
+    ("algo.kl_in", *_choices(("loss", "reward"))),
+    ("algo.kl_coef", lambda v: v >= 0, lambda: "a number >= 0"),
+    ("algo.clip_low", lambda v: 0 < v < 1, lambda: "a number in (0, 1)"),
+    ("algo.clip_high", lambda v: v > 0, lambda: "a number > 0"),
+    ("algo.dual_clip", lambda v: v is None or v > 1, lambda: "null or a number > 1"),
+    ("algo.loss_agg", *_choices(("token", "step", "sequence"))),
+    ("learner.num_ranks", _positive, lambda: "an integer >= 1"),
+    ("learner.backend", *_choices(("gloo", "nccl"))),
+    ("learner.zero_stage", *_choices((0, 1, 2, 3))),
+    ("learner.micro_batch_size", _positive, lambda: "an integer >= 1"),
+    ("learner.lr", lambda v: v > 0, lambda: "a number > 0"),
+    ("learner.schedule", *_choices(("constant", "cosine"))),
+    ("learner.ppo_epochs", _positive, lambda: "an integer >= 1"),
+    ("learner.mini_batches", _positive, lambda: "an integer >= 1"),
+    ("eval.num_problems", _positive, lambda: "an integer >= 1"),
+    ("eval.k", _positive, lambda: "an integer >= 1"),
+    ("train.steps", lambda v: v >= 0, lambda: "an integer >= 0"),
+    ("train.timeout_s", _positive, lambda: "a number of seconds > 0"),
+    ("cluster.placement_strategy", *_choices(("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))),
+    ("cluster.threads_per_actor", _positive, lambda: "an integer >= 1"),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, ok, allowed in RULES:
+        value = OmegaConf.select(cfg, key)
+        if not ok(value):
+            raise ConfigError(f"{key}: bad value {value!r}; allowed: {allowed()}")
+    for i, src in enumerate(cfg.reward.sources):
+        if src.name not in REWARD_SOURCES:
+            raise ConfigError(f"reward.sources[{i}].name: bad value {src.name!r}; allowed: one of "
+                              + ", ".join(REWARD_SOURCES))
+        if src.name == "prm" and not (src.path and os.path.isdir(src.path)):
+            raise ConfigError(f"reward.sources[{i}].path: the prm source needs an existing model directory, "
+                              f"got {src.path!r}")
+    _cross_field(cfg)
+
+
+def _cross_field(cfg: DictConfig) -> None:
+    t, r, lr, a = cfg.task, cfg.rollout, cfg.learner, cfg.algo
+    if t.min_steps > t.max_steps:
+        raise ConfigError(f"task.min_steps ({t.min_steps}) > task.max_steps ({t.max_steps})")
+    if t.operand_max >= t.modulus:
+        raise ConfigError(f"task.operand_max ({t.operand_max}) must be < task.modulus ({t.modulus})")
+    if t.kind == "jsonl":
+        for key in ("train_path", "eval_path"):
+            path = t[key]
+            if not path or not os.path.isfile(path):
+                raise ConfigError(f"task.{key}: task.kind=jsonl needs an existing JSONL file, got {path!r}")
+    batch = r.prompts_per_step * r.group_size
+    unit = lr.num_ranks * lr.mini_batches * lr.micro_batch_size
+    if batch % (lr.num_ranks * lr.mini_batches):
+        raise ConfigError(f"rollout.prompts_per_step x rollout.group_size ({batch}) must be divisible by "
+                          f"learner.num_ranks x learner.mini_batches ({lr.num_ranks * lr.mini_batches})")
+    per_rank_mini = batch // (lr.num_ranks * lr.mini_batches)
+    if per_rank_mini % lr.micro_batch_size:
+        raise ConfigError(f"learner.micro_batch_size ({lr.micro_batch_size}) must divide the per-rank "
+                          f"mini-batch {per_rank_mini} = rollout.prompts_per_step x rollout.group_size / "
+                          f"(learner.num_ranks x learner.mini_batches); one unit is {unit} samples")
+    if a.estimator.startswith("grpo") or a.estimator == "rloo":
+        if r.group_size < 2:
+            raise ConfigError(f"algo.estimator={a.estimator} needs rollout.group_size >= 2 "
+                              f"(got {r.group_size})")
+    if r.max_new_tokens >= r.max_model_len:
+        raise ConfigError(f"rollout.max_new_tokens ({r.max_new_tokens}) must be < rollout.max_model_len "
+                          f"({r.max_model_len}) to leave room for the prompt")
+    if lr.backend == "nccl" and cfg.cluster.roles.learner.num_gpus <= 0:
+        raise ConfigError("learner.backend=nccl needs cluster.roles.learner.num_gpus > 0")
+    if lr.critic_warmup_steps and a.estimator not in CRITIC_ESTIMATORS:
+        raise ConfigError(f"learner.critic_warmup_steps={lr.critic_warmup_steps} but algo.estimator="
+                          f"{a.estimator} uses no critic (critic estimators: {', '.join(CRITIC_ESTIMATORS)})")
+    if not any(s.name in ("oracle", "prm") for s in cfg.reward.sources) and a.estimator in (
+            "grpo_process", "grpo_step", "step_ppo", "pav"):
+        raise ConfigError(f"algo.estimator={a.estimator} needs step rewards but reward.sources has no "
+                          "step source (oracle or prm)")
+
+
+def needs_critic(cfg: DictConfig) -> bool:
+    return cfg.algo.estimator in CRITIC_ESTIMATORS
+
+
+def explain(schema: type = ExperimentConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted name, default, doc."""
+    lines = []
+    hints = typing.get_type_hints(schema)
+    for fl in dataclasses.fields(schema):
+        sub = _dataclass_of(hints[fl.name])
+        if sub is not None:
+            lines += explain(sub, f"{prefix}{fl.name}.")
+        else:
+            default = fl.default if fl.default is not dataclasses.MISSING else fl.default_factory()
+            lines.append(f"{prefix}{fl.name} = {default!r}  # {fl.metadata.get('doc', '')}")
+    return lines
