@@ -1,0 +1,87 @@
+"""Trajectories -> padded tensors for the learner and the estimators.
+
+Layout of row b: [prompt_ids | response_ids | pad ...] (right padding). Position convention: the
+log-prob at position t is log p(input_ids[b, t] | input_ids[b, :t]), computed from the logits at
+t - 1; position 0 has no log-prob (0). `shift_logprobs` gives exactly that alignment, so
+`behavior_logprobs`, learner log-probs and reference log-probs all line up with `response_mask`.
+
+`sample_valid` is Trajectory.reward_valid: an invalid sample stays in the batch (its tokens are
+not dropped silently) but should be masked out: pass it as AdvantageInputs.sample_mask and use
+response_mask * sample_valid[:, None] in the losses.
+Missing rewards: step_rewards None -> zeros (step_mask still marks the existing steps);
+outcome_reward None -> 0.0.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from algo.losses import token_logprobs
+from algo.trajectory import Trajectory
+
+
+def _check(traj: Trajectory) -> None:
+    """Spans must tile the response; per-token lists must match it; errors name the trajectory."""
+    n = len(traj.response_ids)
+    if not traj.prompt_ids:
+        raise ValueError(f"trajectory {traj.uid!r}: empty prompt_ids (position 0 has no log-prob)")
+    if len(traj.logprobs) != n:
+        raise ValueError(f"trajectory {traj.uid!r}: {len(traj.logprobs)} logprobs for {n} response tokens")
+    pos = 0
+    for start, end in traj.step_spans:
+        if start != pos or end <= start:
+            raise ValueError(
+                f"trajectory {traj.uid!r}: step_spans {traj.step_spans} are not contiguous non-empty ranges"
+            )
+        pos = end
+    if pos != n:
+        raise ValueError(f"trajectory {traj.uid!r}: step_spans end at {pos}, response has {n} tokens")
+    if traj.step_rewards is not None and len(traj.step_rewards) != len(traj.step_spans):
+        raise ValueError(
+            f"trajectory {traj.uid!r}: {len(traj.step_rewards)} step_rewards for {len(traj.step_spans)} steps"
+        )
+
+
+def collate(trajs: list[Trajectory], pad_id: int) -> dict[str, Tensor]:
+    """See the module docstring. K = max steps (at least 1); L = max prompt + response length."""
+    if not trajs:
+        raise ValueError("collate needs at least one trajectory")
+    for t in trajs:
+        _check(t)
+    B = len(trajs)
+    L = max(len(t.prompt_ids) + len(t.response_ids) for t in trajs)
+    K = max(1, max(t.num_steps for t in trajs))
+    out = {
+        "input_ids": torch.full((B, L), pad_id, dtype=torch.long),
+        "attention_mask": torch.zeros(B, L, dtype=torch.long),
+        "response_mask": torch.zeros(B, L),
+        "step_index": torch.full((B, L), -1, dtype=torch.long),
+        "behavior_logprobs": torch.zeros(B, L),
+        "step_rewards": torch.zeros(B, K),
+        "step_mask": torch.zeros(B, K),
+        "outcome": torch.zeros(B),
+        "group_ids": torch.tensor([t.group_id for t in trajs], dtype=torch.long),
+        "sample_valid": torch.tensor([float(t.reward_valid) for t in trajs]),
+    }
+    for b, t in enumerate(trajs):
+        p, n = len(t.prompt_ids), len(t.response_ids)
+        out["input_ids"][b, : p + n] = torch.tensor(t.prompt_ids + t.response_ids, dtype=torch.long)
+        out["attention_mask"][b, : p + n] = 1
+        out["response_mask"][b, p : p + n] = 1.0
+        out["behavior_logprobs"][b, p : p + n] = torch.tensor(t.logprobs, dtype=torch.float32)
+        for k, (start, end) in enumerate(t.step_spans):
+            out["step_index"][b, p + start : p + end] = k
+        out["step_mask"][b, : t.num_steps] = 1.0
+        if t.step_rewards is not None:
+            out["step_rewards"][b, : t.num_steps] = torch.tensor(t.step_rewards, dtype=torch.float32)
+        out["outcome"][b] = float(t.outcome_reward) if t.outcome_reward is not None else 0.0
+    return out
+
+
+def shift_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
+    """[B, L, V], [B, L] -> [B, L]: out[b, t] = log p(input_ids[b, t] | < t) from logits[b, t - 1]; out[:, 0] = 0."""
+    if logits.shape[:2] != input_ids.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} disagree")
+    first = torch.zeros(input_ids.shape[0], 1, dtype=torch.float32, device=logits.device)
+    return torch.cat([first, token_logprobs(logits[:, :-1], input_ids[:, 1:])], dim=1)
