@@ -35,8 +35,9 @@ ESTIMATORS = ("grpo_outcome", "grpo_process", "grpo_step", "gae", "step_ppo", "p
 TRANSFORMS = ("identity", "log_prob", "linear", "clip", "delta", "min_form")
 
 
-def load_config(path: str | None, overrides: list[str] = ()) -> DictConfig:
-    """Schema <- YAML file <- dotlist overrides, validated; returns a read-only DictConfig."""
+def load_config(path: str | None, overrides: list[str] = (), check_files: bool = True) -> DictConfig:
+    """Schema <- YAML file <- dotlist overrides, validated; returns a read-only DictConfig.
+    check_files=False skips the checks that named files exist (to validate a cluster recipe elsewhere)."""
     layers = []
     if path is not None:
         if not os.path.isfile(path):
@@ -64,6 +65,8 @@ def load_config(path: str | None, overrides: list[str] = ()) -> DictConfig:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     validate(cfg)
+    if check_files:
+        validate_files(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -162,10 +165,23 @@ def validate(cfg: DictConfig) -> None:
         if src.name not in REWARD_SOURCES:
             raise ConfigError(f"reward.sources[{i}].name: bad value {src.name!r}; allowed: one of "
                               + ", ".join(REWARD_SOURCES))
-        if src.name == "prm" and not (src.path and os.path.isdir(src.path)):
-            raise ConfigError(f"reward.sources[{i}].path: the prm source needs an existing model directory, "
-                              f"got {src.path!r}")
+        if src.name == "prm" and not src.path:
+            raise ConfigError(f"reward.sources[{i}].path: the prm source needs a model directory")
+        if src.name == "oracle" and cfg.task.kind != "arithmetic":
+            raise ConfigError(f"reward.sources[{i}].name: the oracle step verifier needs task.kind=arithmetic "
+                              f"(got {cfg.task.kind!r}); use a prm source for other tasks")
     _cross_field(cfg)
+
+
+def validate_files(cfg: DictConfig) -> None:
+    """Files and directories the config names must exist (checked in the driver, before Ray starts)."""
+    for i, src in enumerate(cfg.reward.sources):
+        if src.name == "prm" and not os.path.isdir(src.path):
+            raise ConfigError(f"reward.sources[{i}].path: no PRM model directory at {src.path!r}")
+    if cfg.task.kind == "jsonl":
+        for key in ("train_path", "eval_path"):
+            if not os.path.isfile(cfg.task[key]):
+                raise ConfigError(f"task.{key}: no JSONL file at {cfg.task[key]!r}")
 
 
 def _cross_field(cfg: DictConfig) -> None:
@@ -176,9 +192,8 @@ def _cross_field(cfg: DictConfig) -> None:
         raise ConfigError(f"task.operand_max ({t.operand_max}) must be < task.modulus ({t.modulus})")
     if t.kind == "jsonl":
         for key in ("train_path", "eval_path"):
-            path = t[key]
-            if not path or not os.path.isfile(path):
-                raise ConfigError(f"task.{key}: task.kind=jsonl needs an existing JSONL file, got {path!r}")
+            if not t[key]:
+                raise ConfigError(f"task.{key}: task.kind=jsonl needs a JSONL file")
     batch = r.prompts_per_step * r.group_size
     unit = lr.num_ranks * lr.mini_batches * lr.micro_batch_size
     if batch % (lr.num_ranks * lr.mini_batches):
