@@ -1,0 +1,150 @@
+"""Batch plumbing shared by the learner ranks, the critic and the reference: row selection, shards,
+mini-batches, the forward pass with padding-aware positions, and exact loss normalisation over
+micro-batches and ranks.
+
+Why the normalisation: a loss aggregated per micro-batch and then averaged (what a naive gradient
+accumulation does) weights a token by 1 / (tokens in its micro-batch), so the update would depend on
+how the batch was cut, and a masked sample would still change the others' weights. Instead every
+micro-batch term is scaled by (its aggregation units) / (units of the whole mini-batch over all ranks),
+so the accumulated gradient is exactly the gradient of the loss aggregated over the global mini-batch
+(the invariance "sharded loss == global loss" of DESIGN.md section 7).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# ---- rows, shards, mini-batches ----
+
+
+def batch_size(batch: dict) -> int:
+    if "input_ids" not in batch:
+        raise KeyError(f"batch has no 'input_ids' (keys: {sorted(batch)})")
+    return int(batch["input_ids"].shape[0])
+
+
+def check_rows(batch: dict) -> int:
+    """Every value must be a tensor with one row per sample; returns B. Names the offending key."""
+    B = batch_size(batch)
+    for key, value in batch.items():
+        if not isinstance(value, Tensor):
+            raise TypeError(f"batch[{key!r}] is {type(value).__name__}, expected a tensor with {B} rows")
+        if value.dim() == 0 or value.shape[0] != B:
+            raise ValueError(f"batch[{key!r}] has shape {tuple(value.shape)}, expected {B} rows")
+    return B
+
+
+def select(batch: dict, rows) -> dict:
+    """The sub-batch of `rows` (a slice or an index tensor) of every tensor."""
+    return {key: value[rows] for key, value in batch.items()}
+
+
+def shard(batch: dict, n: int) -> list[dict]:
+    """n contiguous equal shards (ZeRO ranks must run the same number of micro-batches)."""
+    B = check_rows(batch)
+    if n < 1 or B % n:
+        raise ValueError(f"batch of {B} samples cannot be split into {n} equal shards; "
+                         f"make the batch size a multiple of the number of learner ranks ({n})")
+    size = B // n
+    return [select(batch, slice(i * size, (i + 1) * size)) for i in range(n)]
+
+
+def minibatch_rows(B: int, mini_batches: int, generator: torch.Generator | None = None) -> list[Tensor]:
+    """A random permutation of range(B) cut into `mini_batches` equal parts (one optimizer step each)."""
+    if mini_batches < 1 or B % mini_batches:
+        raise ValueError(f"mini_batches={mini_batches} must divide the per-rank batch of {B} samples")
+    perm = torch.randperm(B, generator=generator)
+    return list(perm.chunk(mini_batches))
+
+
+def micro_slices(n: int, micro_batch_size: int) -> list[slice]:
+    """Consecutive slices of at most micro_batch_size rows; the last one may be shorter."""
+    if micro_batch_size < 1:
+        raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    return [slice(i, min(i + micro_batch_size, n)) for i in range(0, n, micro_batch_size)]
+
+
+def trajectory_row(traj) -> tuple[dict, slice]:
+    """A one-row batch of a Trajectory's prompt + response and the slice of its response positions."""
+    ids = list(traj.prompt_ids) + list(traj.response_ids)
+    if not traj.prompt_ids:
+        raise ValueError(f"trajectory {traj.uid!r}: empty prompt_ids (position 0 has no log-prob or value)")
+    batch = {"input_ids": torch.tensor([ids], dtype=torch.long),
+             "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    return batch, slice(len(traj.prompt_ids), len(ids))
+
+
+# ---- forward ----
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """0, 1, 2, ... over real tokens whatever the padding side (vLLM numbers a prompt from 0 too)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def forward_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """[B, L, V] logits (or [B, L, num_labels] for a token classifier) of an HF model or DS engine."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
+                use_cache=False)
+    return out.logits
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """[B, T, ...] -> the same shape with row t holding x[:, t-1] and zeros at t=0.
+
+    Used for quantities read at the position *before* token t (its entropy, a value of the state that
+    token t is sampled from), matching the log-prob convention of algo.batch.shift_logprobs.
+    """
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+# ---- exact normalisation over micro-batches and ranks ----
+
+
+def _units_token(mask: Tensor, step_index: Tensor) -> Tensor:
+    return mask.sum()
+
+
+def _units_sequence(mask: Tensor, step_index: Tensor) -> Tensor:
+    return (mask.sum(dim=1) > 0).sum().to(mask.dtype)
+
+
+def _units_step(mask: Tensor, step_index: Tensor) -> Tensor:
+    real = (mask > 0) & (step_index >= 0)
+    if not bool(real.any()):
+        return mask.new_zeros(())
+    K = int(step_index[real].max()) + 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(step_index)
+    return torch.unique((rows * K + step_index)[real]).numel() * mask.new_ones(())
+
+
+# What each algo.losses aggregation mode averages over. None: the mode is a plain sum (token_sum_norm
+# divides by a constant), so micro-batch terms simply add up.
+AGG_UNITS = {"token": _units_token, "sequence": _units_sequence, "step": _units_step, "token_sum_norm": None}
+
+
+def agg_units(mask: Tensor, step_index: Tensor, mode: str) -> Tensor:
+    """How many units (tokens, sequences, steps) the aggregation `mode` averages over; 1 for sums."""
+    if mode not in AGG_UNITS:
+        raise ValueError(f"unknown loss aggregation {mode!r}; valid: {sorted(AGG_UNITS)}")
+    fn = AGG_UNITS[mode]
+    return mask.new_ones(()) if fn is None else fn(mask.float(), step_index).float()
+
+
+def micro_weight(units: Tensor, global_units: Tensor, mode: str) -> float:
+    """Scale of one micro-batch's aggregated term so that the terms sum to the global aggregate."""
+    if AGG_UNITS.get(mode, 0) is None:
+        return 1.0
+    g = float(global_units)
+    return float(units) / g if g > 0 else 0.0
+
+
+def all_reduce_sum(x: Tensor) -> Tensor:
+    """Sum over the ranks of the default torch.distributed world (identity without one)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM)
+    return x

@@ -1,0 +1,66 @@
+"""Checkpoints: written to a temp directory, then renamed, so a crash never leaves half a checkpoint.
+
+A checkpoint holds the learner (DeepSpeed model, optimizer, scheduler, RNG per rank), the critic when
+there is one, and the driver state: step, policy version, data position, samples consumed, RNG.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+
+import numpy as np
+import torch
+
+from orchestrator.runtime import get
+
+PREFIX = "step_"
+
+
+def checkpoint_root(run_dir: str) -> str:
+    return os.path.join(os.path.abspath(run_dir), "checkpoints")
+
+
+def latest_checkpoint(run_dir: str) -> str | None:
+    root = checkpoint_root(run_dir)
+    if not os.path.isdir(root):
+        return None
+    done = sorted(d for d in os.listdir(root) if d.startswith(PREFIX)
+                  and os.path.isfile(os.path.join(root, d, "state.json")))
+    return os.path.join(root, done[-1]) if done else None
+
+
+def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: float) -> str:
+    root = checkpoint_root(run_dir)
+    final = os.path.join(root, f"{PREFIX}{state['step']:06d}")
+    tmp = os.path.join(root, f".tmp-{PREFIX}{state['step']:06d}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    roles.learner.save_checkpoint(os.path.join(tmp, "learner"), {"step": state["step"]})
+    if roles.critic is not None:
+        get(roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint",
+            timeout_s)
+    driver_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    torch.save(driver_rng, os.path.join(tmp, "driver_rng.pt"))
+    with open(os.path.join(tmp, "state.json"), "w") as fh:   # written last: its presence marks completeness
+        json.dump(state, fh, indent=1)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in sorted(d for d in os.listdir(root) if d.startswith(PREFIX))[:-keep]:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
+    roles.learner.load_checkpoint(os.path.join(path, "learner"))
+    if roles.critic is not None:
+        get(roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint",
+            timeout_s)
+    rng = torch.load(os.path.join(path, "driver_rng.pt"), weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    with open(os.path.join(path, "state.json")) as fh:
+        return json.load(fh)

@@ -1,0 +1,110 @@
+"""Run metrics: one JSON object per step in metrics.jsonl, TensorBoard events, and a PNG of the curves.
+
+Rollout statistics are computed here from trajectories: reward statistics overall and per step position
+(position k = the k-th reasoning step), oracle step accuracy per position, lengths and truncation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+
+from algo.trajectory import Trajectory
+from orchestrator.rundir import jsonable
+
+
+def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, float]:
+    valid = [t for t in trajs if t.reward_valid]
+    out: dict[str, float] = {"samples/masked": float(len(trajs) - len(valid))}
+    if not valid:
+        return out
+    n = len(valid)
+    out["reward/outcome_mean"] = sum(t.outcome_reward for t in valid) / n
+    all_steps = [r for t in valid for r in t.step_rewards]
+    if all_steps:
+        out["reward/step_mean"] = sum(all_steps) / len(all_steps)
+        out["reward/step_min_mean"] = sum(min(t.step_rewards) for t in valid if t.step_rewards) / n
+    by_pos, correct_by_pos = defaultdict(list), defaultdict(list)
+    for t in valid:
+        for k, r in enumerate(t.step_rewards[:max_positions]):
+            by_pos[k].append(r)
+        for k, c in enumerate(t.info.get("step_correct", [])[:max_positions]):
+            correct_by_pos[k].append(float(c))
+    for k, rs in sorted(by_pos.items()):
+        out[f"reward/step_{k}"] = sum(rs) / len(rs)
+    for k, cs in sorted(correct_by_pos.items()):
+        out[f"oracle/step_correct_{k}"] = sum(cs) / len(cs)
+    if any("outcome_correct" in t.info for t in valid):
+        out["oracle/accuracy"] = sum(bool(t.info.get("outcome_correct")) for t in valid) / n
+        flat = [float(c) for t in valid for c in t.info.get("step_correct", [])]
+        out["oracle/step_accuracy"] = sum(flat) / max(1, len(flat))
+    out["response/len_mean"] = sum(len(t.response_ids) for t in trajs) / len(trajs)
+    out["response/steps_mean"] = sum(t.num_steps for t in trajs) / len(trajs)
+    out["response/truncated_frac"] = sum(t.finish_reason == "length" for t in trajs) / len(trajs)
+    return out
+
+
+class MetricsLog:
+    """Appends to run_dir/metrics.jsonl and TensorBoard; reads back the existing lines on resume."""
+
+    def __init__(self, run_dir: str, resume_from_step: int | None = None):
+        self.path = os.path.join(run_dir, "metrics.jsonl")
+        self.rows: list[dict] = []
+        if resume_from_step is not None and os.path.exists(self.path):
+            with open(self.path) as fh:
+                self.rows = [r for r in map(json.loads, fh) if r["step"] <= resume_from_step]
+        with open(self.path, "w") as fh:   # drop rows of steps after the checkpoint: they are redone
+            fh.writelines(json.dumps(r) + "\n" for r in self.rows)
+        self.tb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
+        except ImportError:  # tensorboard is in the cpu/gpu extras; metrics.jsonl is the record
+            pass
+
+    def log(self, row: dict) -> None:
+        row = jsonable(row)
+        self.rows.append(row)
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
+                    self.tb.add_scalar(k, v, row["step"])
+            self.tb.flush()
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+PLOT_KEYS = [("eval/accuracy", "held-out greedy accuracy"), ("oracle/accuracy", "sample accuracy (train)"),
+             ("oracle/step_accuracy", "sample step accuracy (train)"), ("reward/step_mean", "mean step reward"),
+             ("kl", "KL to reference"), ("entropy", "entropy")]
+
+
+def plot_curves(rows: list[dict], path: str, title: str = "") -> str | None:
+    """A grid of learning curves against samples consumed; returns the path (None without matplotlib)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    keys = [(k, label) for k, label in PLOT_KEYS if any(k in r for r in rows)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
+    for ax, (key, label) in zip(axes[0], keys):
+        pts = [(r.get("samples", r["step"]), r[key]) for r in rows if r.get(key) is not None]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("samples")
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

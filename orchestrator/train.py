@@ -1,0 +1,178 @@
+"""`steprl train`: the RL loop around orchestrator.step.train_step, with evaluation, checkpoints and a summary.
+
+The driver validates the config, makes sure a base policy exists (SFT first if not), starts or attaches
+to Ray, places the roles, then runs steps. Data position = step index: the prompts of step s are drawn
+from a seed derived from (seed, s), so a resumed run sees exactly the prompts it would have seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import ray
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from algo.trajectory import PromptRequest
+from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from orchestrator.data import eval_problems, make_task, step_problems
+from orchestrator.metrics import MetricsLog, plot_curves
+from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
+from orchestrator.rundir import open_run_dir, write_summary
+from orchestrator.runtime import env_threads, get, init_ray
+from orchestrator.step import StepSettings, estimator_params, publish_weights, train_step
+
+console = Console()
+
+
+def run_train(cfg: DictConfig, args=None) -> dict:
+    t_start = time.time()
+    run_dir = open_run_dir(cfg)
+    env_threads(cfg.cluster.threads_per_actor)
+    policy_dir = ensure_policy(cfg)
+    task = make_task(cfg)
+    started_ray = not ray.is_initialized()
+    init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
+    updates = cfg.train.steps * cfg.learner.ppo_epochs * cfg.learner.mini_batches
+    console.print(f"[bold]steprl train[/] {cfg.algo.estimator} on {cfg.task.kind}: starting roles ...")
+    roles = start_roles(cfg, policy_dir, total_updates=updates)
+    try:
+        placement = placement_report(roles, cfg.train.timeout_s)
+        summary = _loop(cfg, roles, task, run_dir)
+        summary["placement"] = placement
+    finally:
+        roles.shutdown()
+        if started_ray:
+            ray.shutdown()
+    summary["time_s"] = time.time() - t_start
+    write_summary(run_dir, summary)
+    print_summary(summary)
+    return summary
+
+
+def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
+    timeout = cfg.train.timeout_s
+    state = {"step": 0, "version": 0, "samples": 0, "data_position": 0}
+    ckpt = latest_checkpoint(run_dir) if cfg.resume else None
+    if ckpt:
+        state = load_checkpoint(ckpt, roles, timeout)
+        publish_weights(roles, state["version"], timeout)   # generators restart from the learner's weights
+        console.print(f"resumed from {ckpt} at step {state['step']}, version {state['version']}")
+    log = MetricsLog(run_dir, resume_from_step=state["step"] if ckpt else None)
+    problems = eval_problems(cfg, task)
+    before = state.get("eval_before") or evaluate(cfg, roles, problems)
+    state["eval_before"] = before
+    if not ckpt:
+        log.log({"step": 0, "policy_version": 0, "samples": 0, **before})
+    progress = Progress(TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        TextColumn("{task.fields[info]}"), console=console)
+    with progress:
+        bar = progress.add_task("rl", total=cfg.train.steps, completed=state["step"], info="")
+        while state["step"] < cfg.train.steps:
+            step = state["step"] + 1
+            requests = [PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
+                        for g, p in enumerate(step_problems(cfg, task, state["data_position"]))]
+            metrics = train_step(roles, settings(cfg, roles, step), requests, state["version"])
+            state.update(step=step, version=metrics.get("policy_version", state["version"]),
+                         samples=state["samples"] + metrics["samples_step"], data_position=step)
+            row = {"step": step, "policy_version": state["version"], "samples": state["samples"],
+                   "data/position": step - 1, "data/prompts_hash": prompts_hash(requests), **metrics}
+            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
+                row.update(evaluate(cfg, roles, problems))
+            if step == cfg.train.steps:
+                row.update(evaluate(cfg, roles, problems))
+            log.log(row)
+            if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+                save_checkpoint(run_dir, roles, state, cfg.train.keep_checkpoints, timeout)
+            progress.update(bar, advance=1, info=_bar_info(row))
+    log.close()
+    after = next((r for r in reversed(log.rows) if "eval/accuracy" in r), before)
+    roles.learner.save_hf(os.path.join(run_dir, "policy"))
+    plot = plot_curves(log.rows, os.path.join(run_dir, "curves.png"),
+                       title=f"{cfg.algo.estimator}, seed {cfg.seed}")
+    return {"eval/accuracy_before": before["eval/accuracy"], "eval/accuracy_after": after["eval/accuracy"],
+            "eval/step_accuracy_before": before.get("eval/step_accuracy"),
+            "eval/step_accuracy_after": after.get("eval/step_accuracy"),
+            "eval/pass@k_before": before.get("eval/pass@k"), "eval/pass@k_after": after.get("eval/pass@k"),
+            "samples_total": state["samples"], "steps": state["step"], "policy_version": state["version"],
+            "estimator": cfg.algo.estimator, "seed": cfg.seed, "plot": plot,
+            "backend/generator": "vllm", "backend/learner": "deepspeed"}
+
+
+def prompts_hash(requests: list[PromptRequest]) -> str:
+    """Short digest of a step's prompts: lets anyone check that a resumed run saw the same data."""
+    return hashlib.sha1("\n".join(r.text for r in requests).encode()).hexdigest()[:12]
+
+
+def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
+    a, r = cfg.algo, cfg.rollout
+    return StepSettings(
+        sampling={"n": r.group_size, "temperature": r.temperature, "top_p": r.top_p,
+                  "max_tokens": r.max_new_tokens, "seed": cfg.seed * 100_003 + step},
+        estimator=a.estimator,
+        estimator_params=estimator_params(a.estimator, {
+            "gamma": a.gamma, "lam": a.lam, "outcome_weight": a.outcome_weight,
+            "std_normalize": a.std_normalize, "alpha": a.pav_alpha}),
+        whiten=a.whiten, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in == "reward",
+        sft_coef=a.sft_coef, train_policy=step > cfg.learner.critic_warmup_steps, pad_id=roles.pad_id,
+        timeout_s=cfg.train.timeout_s)
+
+
+def evaluate(cfg: DictConfig, roles: Roles, problems) -> dict:
+    """Held-out evaluation with the generators' current weights (greedy accuracy, pass@k, step accuracy)."""
+    from orchestrator.evaluate import evaluate_policy
+
+    def generate_fn(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
+        reqs = [PromptRequest(str(i), i, p) for i, p in enumerate(prompts)]
+        chunks = [reqs[i::len(roles.generators)] for i in range(len(roles.generators))]
+        refs = [g.generate.remote(c, n=n, temperature=temperature, max_tokens=cfg.rollout.max_new_tokens,
+                                  seed=cfg.seed) for g, c in zip(roles.generators, chunks) if c]
+        texts: dict[int, list[str]] = {}
+        for trajs in get(refs, "generator", "generate(eval)", cfg.train.timeout_s):
+            for t in trajs:
+                texts.setdefault(t.group_id, []).append(t.response_text)
+        return [texts[i] for i in range(len(prompts))]
+
+    return evaluate_policy(None, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
+                           max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed, generate_fn=generate_fn)
+
+
+def ensure_policy(cfg: DictConfig) -> str:
+    """The base policy directory; SFT creates it first when it does not exist."""
+    if policy_dir_exists(cfg.model.policy):
+        return os.path.abspath(cfg.model.policy)
+    console.print(f"[yellow]no policy at {cfg.model.policy}: running SFT first[/]")
+    from orchestrator.sft_command import sft_from_config
+    return sft_from_config(cfg, os.path.join(cfg.run_dir, "sft"))
+
+
+def _bar_info(row: dict) -> str:
+    acc = row.get("oracle/accuracy")
+    parts = [f"v{row['policy_version']}", f"samples {row['samples']}"]
+    if acc is not None:
+        parts.append(f"train acc {acc:.2f}")
+    if "eval/accuracy" in row:
+        parts.append(f"eval acc {row['eval/accuracy']:.3f}")
+    parts.append(f"{row['timing/step_s']:.1f}s/step")
+    return "  ".join(parts)
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title="steprl train: before / after")
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    for key in ("eval/accuracy", "eval/step_accuracy", "eval/pass@k"):
+        b, a = summary.get(f"{key}_before"), summary.get(f"{key}_after")
+        table.add_row(key, _fmt(b), _fmt(a))
+    table.add_row("samples", "", str(summary["samples_total"]))
+    table.add_row("time (s)", "", f"{summary['time_s']:.0f}")
+    console.print(table)
+
+
+def _fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}"

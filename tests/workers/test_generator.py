@@ -1,0 +1,292 @@
+"""GeneratorWorker on a real vLLM engine (CPU, in-process), plus one round trip through a Ray actor.
+
+One engine serves the whole module (engine start is the slow part); the Ray test starts a second one
+in its actor. The policy is a tiny Qwen2 given ~2 s of SFT on arithmetic chains so that it writes lines
+(a random model almost never samples "\\n", and step spans need newlines to be tested).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+
+import pytest
+import torch
+
+from algo.fingerprint import fingerprints_match, weights_fingerprint
+from algo.trajectory import PromptRequest
+from tasks.models import make_tiny_policy
+from tasks.tokenizer import train_bpe_tokenizer
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+WHITESPACE = " \t\r\n\x0b\x0c"  # the bytes algo.segment treats as content-free
+
+
+def chain_text(rng: random.Random) -> tuple[str, str]:
+    """A prompt like '1+5-8+4=' and its local-format solution, mod 10 (DESIGN.md section 6)."""
+    nums = [rng.randrange(10) for _ in range(rng.randint(3, 4))]
+    ops = [rng.choice("+-") for _ in nums[1:]]
+    prompt = str(nums[0]) + "".join(o + str(b) for o, b in zip(ops, nums[1:])) + "="
+    lines, acc = [], nums[0]
+    for k, (op, b) in enumerate(zip(ops, nums[1:])):
+        new = (acc + b if op == "+" else acc - b) % 10
+        rest = "".join(o + str(x) for o, x in zip(ops[k + 1:], nums[k + 2:]))
+        lines.append(f"{acc}{op}{b}={new}" + (f" {rest}" if rest else ""))
+        acc = new
+    return prompt, "\n".join(lines) + f"\nA{acc}\n"
+
+
+def short_sft(model, tok, texts: list[str], steps: int = 60) -> None:
+    """A few AdamW steps on full texts + EOS: enough to learn the line format's token statistics."""
+    torch.manual_seed(0)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    rows = [tok.encode(t) + [tok.eos_token_id] for t in texts]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in rows])
+    mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    labels = ids.masked_fill(mask == 0, -100)
+    model.train()
+    for step in range(steps):
+        batch = torch.arange(step * 16, step * 16 + 16) % len(rows)
+        loss = model(input_ids=ids[batch], attention_mask=mask[batch], labels=labels[batch]).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """(model_dir, HF model, tokenizer, prompts) of a tiny policy that writes newline-separated steps."""
+    rng = random.Random(0)
+    pairs = [chain_text(rng) for _ in range(200)]
+    tok = train_bpe_tokenizer([p + s for p, s in pairs], vocab_size=300)
+    model_dir = tmp_path_factory.mktemp("policy")
+    model = make_tiny_policy(model_dir, tok)
+    short_sft(model, tok, [p + s for p, s in pairs])
+    model.save_pretrained(model_dir)  # float32 safetensors, as the generator will load it
+    return str(model_dir), model, tok, [p for p, _ in pairs[:8]]
+
+
+@pytest.fixture(scope="module")
+def worker(policy):
+    from workers.generator import GeneratorWorker
+
+    return GeneratorWorker(policy[0], seed=0, kv_cache_gb=0.25, max_model_len=256)
+
+
+def requests_for(prompts: list[str]) -> list[PromptRequest]:
+    return [PromptRequest(prompt_id=f"p{k}", group_id=100 + k, text=p, reference=str(k))
+            for k, p in enumerate(prompts)]
+
+
+def hf_logprobs(model, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
+    """log softmax of the raw logits at each response position, picked at the sampled token."""
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt_ids + response_ids])).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    start = len(prompt_ids) - 1  # logits at position j predict token j + 1
+    return [lp[start + t, tok].item() for t, tok in enumerate(response_ids)]
+
+
+def perturbed(model, scale: float, seed: int) -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(n, (p.detach() + scale * torch.randn(p.shape, generator=g)).contiguous())
+            for n, p in model.named_parameters()]
+
+
+def test_tokenizer_round_trips_newlines_through_autotokenizer_and_vllm(worker, policy):
+    from transformers import AutoTokenizer
+
+    model_dir, _, tok, prompts = policy
+    auto = AutoTokenizer.from_pretrained(model_dir)
+    text = prompts[0] + "1+5=6 -8+4\n6-8=8 +4\n\nA2\n"
+    ids = auto.encode(text)
+    assert auto.decode(ids) == text and ids == tok.encode(text) == worker._tokenizer.encode(text)
+    newline_ids = [i for i in ids if auto.decode([i]) == "\n"]
+    assert newline_ids and all(worker._token_bytes[i] == b"\n" for i in newline_ids)
+    assert worker._token_bytes[tok.eos_token_id] == b""  # EOS joins the step before it
+
+
+def test_groups_uids_and_prompt_ids(worker, policy):
+    _, _, tok, prompts = policy
+    reqs = requests_for(prompts[:3])
+    trajs = worker.generate(reqs, n=4, temperature=1.0, max_tokens=24)
+    assert len(trajs) == 12
+    assert [t.group_id for t in trajs] == [100] * 4 + [101] * 4 + [102] * 4  # request order, then sample
+    assert [t.info["sample"] for t in trajs] == [0, 1, 2, 3] * 3
+    assert len({t.uid for t in trajs}) == 12
+    v = worker.get_version()
+    assert trajs[5].uid == f"v{v}-r0-g101-p1-1"
+    for t, req in zip(trajs, [r for r in reqs for _ in range(4)]):
+        assert (t.prompt_id, t.prompt_text, t.reference, t.policy_version) == (req.prompt_id, req.text,
+                                                                             req.reference, v)
+        assert t.prompt_ids == tok.encode(req.text)
+        assert 1 <= len(t.response_ids) <= 24
+        # "length" exactly when the budget ran out without an EOS
+        ended_by_eos = t.response_ids[-1] == tok.eos_token_id
+        assert t.finish_reason == ("stop" if ended_by_eos else "length")
+        assert ended_by_eos or len(t.response_ids) == 24
+
+
+def test_logprobs_are_raw_model_logprobs_of_the_sampled_tokens(worker, policy):
+    """At temperature 0.6 the processed log-probs would differ from the raw ones by a lot; we must get
+    the raw model's log-prob of exactly the token that was sampled (what the learner recomputes)."""
+    _, model, _, prompts = policy
+    trajs = worker.generate(requests_for(prompts[:2]), n=2, temperature=0.6, top_p=0.9, max_tokens=20)
+    for t in trajs:
+        assert len(t.logprobs) == len(t.response_ids)
+        assert all(math.isfinite(x) and x <= 0 for x in t.logprobs)
+        ref = hf_logprobs(model, t.prompt_ids, t.response_ids)
+        assert max(abs(a - b) for a, b in zip(ref, t.logprobs)) < 1e-4
+
+
+def test_step_spans_cover_the_response_and_match_newlines(worker, policy):
+    _, _, tok, prompts = policy
+    trajs = worker.generate(requests_for(prompts), n=2, temperature=0.8, max_tokens=40, seed=1)
+    multi_step = 0
+    for t in trajs:
+        spans = t.step_spans
+        assert spans[0][0] == 0 and spans[-1][1] == len(t.response_ids)
+        assert all(a < b for a, b in spans) and all(spans[k][1] == spans[k + 1][0] for k in range(len(spans) - 1))
+        texts = [tok.decode(t.response_ids[a:b], skip_special_tokens=True) for a, b in spans]
+        assert all(x.endswith("\n") for x in texts[:-1])  # a step ends on the token completing "\n"
+        assert all("\n" not in x.strip(WHITESPACE) for x in texts)  # and no step holds a line break
+        lines = [x for x in t.response_text.split("\n") if x.strip(WHITESPACE)]
+        assert len(spans) == max(1, len(lines))  # one step per non-blank line of vLLM's own text
+        multi_step += len(spans) > 1
+    assert multi_step >= len(trajs) // 2  # the SFT'd policy writes lines: the checks above had teeth
+
+
+def test_stop_string_ends_the_response_after_one_step(worker, policy):
+    _, _, tok, prompts = policy
+    trajs = worker.generate(requests_for(prompts[:4]), n=2, temperature=1.0, max_tokens=40, stop=["\n"])
+    stopped_on_newline = 0
+    for t in trajs:
+        assert len(t.step_spans) == 1
+        if t.response_text.endswith("\n"):  # the stop string is kept in the text ...
+            assert t.finish_reason == "stop"
+            assert "\n" in tok.decode(t.response_ids[-1:])  # ... and its token ends the ids
+            stopped_on_newline += 1
+    assert stopped_on_newline >= len(trajs) // 2
+
+
+def test_stream_yields_every_trajectory_and_matches_generate(worker, policy):
+    reqs = requests_for(policy[3][:3])
+    args = dict(n=3, temperature=1.0, max_tokens=16, seed=7)
+    streamed = list(worker.generate_stream(reqs, **args))
+    batched = worker.generate(reqs, **args)
+    assert len(streamed) == 9
+    key = lambda t: (t.uid, tuple(t.response_ids))  # noqa: E731
+    assert sorted(map(key, streamed)) == sorted(map(key, batched))  # same call seed: same samples
+
+
+def test_abandoned_stream_blocks_weight_swap_and_leaves_engine_clean(worker, policy):
+    _, model, _, prompts = policy
+    stream = worker.generate_stream(requests_for(prompts[:4]), n=2, temperature=1.0, max_tokens=32)
+    next(stream)
+    with pytest.raises(RuntimeError, match="generate_stream"):
+        worker.load_weights(worker.get_version() + 1, list(model.named_parameters()))
+    stream.close()  # aborts the requests still in flight
+    assert not worker._llm.llm_engine.has_unfinished_requests()
+    assert len(worker.generate(requests_for(prompts[:1]), n=2, temperature=1.0, max_tokens=8)) == 2
+
+
+def test_bad_sampling_and_weight_arguments_are_named(worker, policy):
+    _, model, _, prompts = policy
+    with pytest.raises(ValueError, match="top_p"):
+        worker.generate(requests_for(prompts[:1]), n=1, temperature=1.0, top_p=0.0, max_tokens=4)
+    twice = requests_for(prompts[:1]) * 2
+    with pytest.raises(ValueError, match="repeat"):
+        worker.generate(twice, n=1, temperature=1.0, max_tokens=4)
+    good = list(model.named_parameters())
+    v = worker.get_version()
+    with pytest.raises(ValueError, match="model.norm.weight"):
+        worker.load_weights(v + 1, [(n, p) for n, p in good if n != "model.norm.weight"])
+    with pytest.raises(ValueError, match="shape"):
+        worker.load_weights(v + 1, [(n, p[:-1] if n == "model.norm.weight" else p) for n, p in good])
+    with pytest.raises(ValueError, match="older"):
+        worker.load_weights(v - 1, good)
+    assert worker.get_version() == v
+
+
+def test_load_weights_swaps_live_weights_and_versions_trajectories(worker, policy):
+    _, model, _, prompts = policy
+    reqs = requests_for(prompts[:2])
+    before = worker.generate(reqs, n=1, temperature=0.0, max_tokens=16)
+    assert fingerprints_match(worker.fingerprint(), weights_fingerprint(model.named_parameters()))
+
+    new = perturbed(model, scale=0.05, seed=3)
+    v = worker.get_version() + 1
+    info = worker.load_weights(v, dict(new))
+    assert info["version"] == v == worker.get_version() and info["load_s"] >= 0
+    assert fingerprints_match(info["fingerprint"], weights_fingerprint(new))
+    assert not fingerprints_match(info["fingerprint"], weights_fingerprint(model.named_parameters()))
+    live = dict(worker.live_weights())  # stronger than the fingerprint: every tensor, bit for bit
+    assert live.keys() == dict(new).keys()
+    assert all(torch.equal(live[n], t) for n, t in new)
+
+    after = worker.generate(reqs, n=1, temperature=0.0, max_tokens=16)
+    assert all(t.policy_version == v and t.uid.startswith(f"v{v}-") for t in after)
+    assert [t.response_ids for t in after] != [t.response_ids for t in before] or \
+        [t.logprobs for t in after] != [t.logprobs for t in before]
+    # The sampled log-probs are the *new* model's: catches a stale tied lm_head (see vllm_ext).
+    hf_new = copy.deepcopy(model)  # copying into parameters keeps lm_head tied to the embedding
+    with torch.no_grad():
+        for name, p in hf_new.named_parameters():
+            p.copy_(dict(new)[name])
+    for t in after:
+        ref = hf_logprobs(hf_new, t.prompt_ids, t.response_ids)
+        assert max(abs(a - b) for a, b in zip(ref, t.logprobs)) < 1e-4
+
+    restored = worker.load_weights(v + 1, list(model.named_parameters()))  # later tests see the policy
+    assert fingerprints_match(restored["fingerprint"], weights_fingerprint(model.named_parameters()))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the packed-copy quirk is vLLM's CPU backend")
+def test_bare_vllm_reload_leaves_tied_lm_head_stale_and_read_back_catches_it(worker, policy):
+    """Documents why vllm_ext repacks after reload: vLLM's reload alone keeps the tied lm_head's
+    packed copy of the old embedding. If this starts failing, vLLM fixed it upstream."""
+    _, model, _, _ = policy
+    new = perturbed(model, scale=0.05, seed=4)
+    worker._llm.collective_rpc(lambda self, w: self.model_runner.reload_weights(weights_iterator=iter(w)),
+                               args=(new,))
+    with pytest.raises(RuntimeError, match="lm_head"):
+        worker.live_weights()
+    worker.load_weights(worker.get_version() + 1, list(model.named_parameters()))
+    assert fingerprints_match(worker.fingerprint(), weights_fingerprint(model.named_parameters()))
+
+
+def test_ray_actor_streams_and_loads_weights(policy):
+    ray = pytest.importorskip("ray")
+    from workers.generator import GeneratorWorker
+
+    model_dir, model, _, prompts = policy
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        actor = ray.remote(num_cpus=1)(GeneratorWorker).remote(model_dir, replica=1, kv_cache_gb=0.25,
+                                                               max_model_len=256)
+        assert ray.get(actor.ping.remote(), timeout=300) == "generator r1 v0"
+        gen = actor.generate_stream.options(num_returns="streaming").remote(
+            requests_for(prompts[:3]), n=2, temperature=1.0, max_tokens=16)
+        got = []
+        while True:
+            ready, _ = ray.wait([gen], timeout=120)
+            assert ready, "no trajectory within 120 s"
+            try:
+                ref = next(gen)
+            except StopIteration:
+                break
+            got.append(ray.get(ref, timeout=60))
+        expected = [f"v0-r1-g{100 + k}-p{k}-{i}" for k in range(3) for i in range(2)]
+        assert sorted(t.uid for t in got) == sorted(expected)
+
+        new = perturbed(model, scale=0.05, seed=5)
+        info = ray.get(actor.load_weights.remote(1, new), timeout=120)
+        assert info["version"] == 1 and fingerprints_match(info["fingerprint"], weights_fingerprint(new))
+        trajs = ray.get(actor.generate.remote(requests_for(prompts[:1]), n=1, temperature=1.0,
+                                              max_tokens=4), timeout=120)
+        assert trajs[0].policy_version == 1
+    finally:
+        ray.shutdown()

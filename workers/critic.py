@@ -1,0 +1,141 @@
+"""Critic: a value model for the PPO estimators (gae, step_ppo), trained with the clipped value loss.
+
+A Qwen2 backbone with a linear head giving one scalar per position (AutoModelForTokenClassification,
+num_labels=1), loaded from a critic dir (or a model_dir that is one), or built from the policy
+dir (backbone copied, head zeroed so the first values are 0, not noise). PPO value clipping as in
+Schulman et al. 1707.06347 / OpenAI baselines (algo.losses.value_loss). Runs as its own DeepSpeed
+world of one rank (own master port).
+
+Position convention (the same as algo.batch.shift_logprobs): values[:, t] is V(s_t), the value of the
+prefix input_ids[:, :t], i.e. of the state token t is sampled from; it is read from the head at
+position t - 1 (which has seen tokens < t). values[:, 0] = 0 (there is no empty-prefix state here).
+So values line up with log-probs, advantages and returns token by token.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from algo.losses import value_loss
+from learner.batching import (agg_units, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
+                              select, shift_right, trajectory_row)
+from learner.engine import CLIENT_KEY, accumulated_step, build_engine, free_port, init_distributed, set_threads
+
+REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
+METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
+
+
+def load_value_model(model_dir: str, critic_dir: str | None):
+    """A value model: critic_dir, or model_dir itself when it already is a token classifier (a trained
+    critic), else a fresh zero head on model_dir's (policy) backbone."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    src = str(critic_dir or model_dir)
+    archs = AutoConfig.from_pretrained(src).architectures or []
+    is_critic = any(a.endswith("ForTokenClassification") for a in archs)
+    if critic_dir is not None and not is_critic:
+        raise ValueError(f"critic_dir {src}: expected a token-classification model, found architectures {archs}")
+    head = {} if is_critic else {"num_labels": 1}  # an existing critic keeps its own num_labels (checked)
+    model = AutoModelForTokenClassification.from_pretrained(src, classifier_dropout=0.0, dtype=torch.float32,
+                                                            **head)
+    if model.config.num_labels != 1:
+        raise ValueError(f"critic model {src}: num_labels must be 1 (one value per token), "
+                         f"got {model.config.num_labels}")
+    if not is_critic:  # a fresh head on a policy backbone: start from V = 0 everywhere
+        torch.nn.init.zeros_(model.score.weight)
+        if model.score.bias is not None:
+            torch.nn.init.zeros_(model.score.bias)
+    return model
+
+
+class CriticWorker:
+    def __init__(self, *, model_dir: str, critic_dir: str | None = None, backend: str = "gloo",
+                 zero_stage: int = 2, micro_batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.0,
+                 warmup_steps: int = 0, total_steps: int = 1000, schedule: str = "constant",
+                 grad_clip: float = 1.0, value_clip: float | None = 0.2, loss_agg: str = "token",
+                 ppo_epochs: int = 1, mini_batches: int = 1, seed: int = 0, threads: int = 1,
+                 dtype: str = "float32", master_port: int | None = None, timeout_s: float = 600.0):
+        set_threads(threads)
+        torch.manual_seed(seed)
+        if ppo_epochs < 1 or mini_batches < 1:
+            raise ValueError(f"critic ppo_epochs ({ppo_epochs}) and mini_batches ({mini_batches}) must be >= 1")
+        init_distributed(0, 1, "127.0.0.1", master_port or free_port(), backend, timeout_s=timeout_s)
+        model = load_value_model(model_dir, critic_dir)
+        self.engine = build_engine(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
+                                   total_steps=total_steps, schedule=schedule, zero_stage=zero_stage,
+                                   micro_batch_size=micro_batch_size, grad_accum=1, grad_clip=grad_clip,
+                                   bf16=dtype == "bfloat16")
+        self.micro_batch_size, self.value_clip, self.loss_agg = micro_batch_size, value_clip, loss_agg
+        self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
+
+    def _values(self, micro: dict) -> torch.Tensor:
+        head = forward_logits(self.engine, micro["input_ids"], micro["attention_mask"])[..., 0].float()
+        return shift_right(head) * micro["attention_mask"].float()
+
+    @torch.no_grad()
+    def values(self, batch: dict) -> torch.Tensor:
+        """[B, L] float32 V(s_t) per token position (see the module docstring); 0 on padding."""
+        check_rows(batch)
+        self.engine.eval()
+        out = [self._values(select(batch, s)) for s in micro_slices(batch_size(batch), self.micro_batch_size)]
+        self.engine.train()
+        return torch.cat(out)
+
+    def traj_values(self, traj) -> list[float]:
+        """V(s_t) for each response token t of one Trajectory (streamed per sample)."""
+        batch, response = trajectory_row(traj)
+        return self.values(batch)[0, response].tolist()
+
+    def train_step(self, batch: dict) -> dict:
+        """Clipped value regression toward batch['returns'] on response tokens of valid samples.
+
+        old_values (the values the advantages were computed with) bound the clipping; without them the
+        current values are used, which is the same thing when nothing has changed since.
+        """
+        B = check_rows(batch)
+        missing = [k for k in REQUIRED_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"critic batch is missing {missing} (has {sorted(batch)})")
+        old = batch["old_values"].float() if "old_values" in batch else self.values(batch)
+        sums, updates = {k: 0.0 for k in METRICS}, []
+        for _ in range(self.ppo_epochs):
+            for rows in minibatch_rows(B, self.mini_batches):
+                stats, norm, lr = self._update(select(batch, rows), old[rows])
+                for k in METRICS:
+                    sums[k] += stats[k]
+                updates.append((norm, lr))
+        n = len(updates)
+        return {**{k: v / n for k, v in sums.items()}, "grad_norm": sum(g for g, _ in updates) / n,
+                "lr": updates[-1][1]}
+
+    def _update(self, mini: dict, old: torch.Tensor) -> tuple[dict, float, float]:
+        def mask_of(micro):
+            return micro["response_mask"].float() * micro["sample_valid"].float()[:, None]
+
+        def units_fn(micro):
+            mask = mask_of(micro)
+            return torch.stack([agg_units(mask, micro["step_index"], self.loss_agg), mask.sum()])
+
+        def loss_fn(micro, rows, weights):
+            w_loss, w_tok = weights
+            loss, st = value_loss(self._values(micro), old[rows], micro["returns"].float(), mask_of(micro),
+                                  micro["step_index"], clip=self.value_clip, agg=self.loss_agg)
+            metrics = {k: w_tok * st[k] for k in METRICS[1:]}
+            return w_loss * loss, {"value_loss": w_loss * float(loss.detach()), **metrics}
+
+        return accumulated_step(self.engine, mini, micro_batch_size=self.micro_batch_size,
+                                unit_modes=(self.loss_agg, "token"), units_fn=units_fn, loss_fn=loss_fn)
+
+    def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
+        """DeepSpeed state (weights, optimizer, scheduler) of the critic."""
+        self.engine.save_checkpoint(str(ckpt_dir), client_state={CLIENT_KEY: dict(client_state or {})})
+        return str(ckpt_dir)
+
+    def load_checkpoint(self, ckpt_dir: str) -> dict:
+        path, client_state = self.engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
+                                                         load_lr_scheduler_states=True)
+        if path is None:
+            raise FileNotFoundError(f"critic: no DeepSpeed checkpoint in {ckpt_dir}")
+        if CLIENT_KEY not in (client_state or {}):
+            raise KeyError(f"{ckpt_dir}: checkpoint has no {CLIENT_KEY!r} client state (not written by steprl?)")
+        return client_state[CLIENT_KEY]

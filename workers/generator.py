@@ -1,0 +1,295 @@
+"""Rollout actor: samples step-segmented trajectories with vLLM and takes versioned weight updates.
+
+A plain class: the orchestrator wraps it with ``ray.remote(num_cpus=...)(GeneratorWorker)``; tests and
+``steprl eval`` use it in-process. One instance owns one vLLM engine (one replica). No paper behind it:
+it is the adapter between vLLM and the Trajectory type (DESIGN.md sections 1, 3 and 6).
+
+Behaviour log-probs: the engine runs with ``logprobs_mode="raw_logprobs"`` and ``logprobs=0``, so each
+response token carries log softmax(logits)[sampled token] of the *raw* model, before temperature and
+top-p. That is the policy the learner recomputes (it has no temperature); the ratio pi/mu is then exact
+at temperature 1 and top-p 1, and an approximation otherwise (mu really sampled from the processed
+distribution). The sampled token's entry is looked up by id, so a missing one is an error, not a guess.
+
+Text: ``response_ids`` are exactly the sampled tokens (EOS included when it ended the response);
+``response_text`` is vLLM's detokenisation, with the stop string kept; step spans come from the ids.
+
+Sampling: each of the ``n`` samples of a prompt is its own engine request (``n=1``), so each trajectory
+can be handed out the moment it finishes. With ``seed=None`` the engine's generator (seeded
+``seed + replica`` at start) draws; with a call seed, sample k of the call (k = prompt index * n +
+sample index) uses ``seed + k`` on every replica, so a call is reproducible wherever it runs.
+
+Weight swap and pausing: the actor is single-threaded (Ray runs one method at a time unless
+max_concurrency is raised, which this class does not support), and ``generate`` / ``generate_stream``
+drain every request they add before they return. So ``load_weights`` can only run between calls, with
+no request in flight. The one way to interleave in-process is to call ``load_weights`` while a
+``generate_stream`` iterator is half consumed: that raises. After a swap the prefix cache is reset,
+so no KV computed under the old weights is reused.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from algo.segment import byte_level_token_bytes, split_steps
+from algo.trajectory import PromptRequest, Trajectory
+
+_EXTENSION = "workers.vllm_ext.WeightSyncExtension"
+_FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's finish_reason -> Trajectory's
+
+
+def _set_thread_env(threads: int) -> None:
+    """One BLAS/OpenMP pool of `threads` per process: on 2 cores, two pools of 2 ran ~6x slower."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    torch.set_num_threads(threads)  # before vLLM starts: its CPU worker then forbids the call
+
+
+def _set_vllm_env(on_cpu: bool) -> None:
+    """Environment vLLM reads at engine start; must be set before the engine is built."""
+    # In-process engine: collective_rpc then hands tensors to the worker by reference (a separate
+    # engine process cannot receive them).
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    if on_cpu:
+        # The legacy whole-GiB VLLM_CPU_KVCACHE_SPACE overrides kv_cache_memory_bytes: drop it so
+        # kv_cache_gb (passed as bytes) is what the engine gets.
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
+
+
+def _checkpoint_shapes(model_dir: str) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of every tensor in the model's safetensors files (what load_weights must get)."""
+    from safetensors import safe_open
+
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{model_dir}: no *.safetensors file (the generator loads HF safetensors)")
+    shapes = {}
+    for f in files:
+        with safe_open(str(f), framework="pt") as handle:
+            for name in handle.keys():
+                shapes[name] = tuple(handle.get_slice(name).get_shape())
+    return shapes
+
+
+def token_bytes_table(tokenizer, vocab_size: int) -> list[bytes]:
+    """Raw bytes of every token id < vocab_size, for algo.segment.split_steps (built once).
+
+    Byte-level BPE tokens are mapped through the byte alphabet (a token may hold part of a UTF-8
+    character); other tokenizers fall back to decoding each id alone. Special tokens and ids the
+    tokenizer does not know (padded model vocabularies) map to b"".
+    """
+    from tokenizers import decoders
+
+    known = len(tokenizer)
+    specials = set(tokenizer.all_special_ids)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if isinstance(getattr(backend, "decoder", None), decoders.ByteLevel):
+        table = byte_level_token_bytes(tokenizer.convert_ids_to_tokens(list(range(known))), specials)
+    else:
+        table = [b"" if i in specials else tokenizer.decode([i]).encode("utf-8") for i in range(known)]
+    return table + [b""] * max(0, vocab_size - known)
+
+
+class GeneratorWorker:
+    """One vLLM engine that turns PromptRequests into Trajectories (see the module docstring).
+
+    kv_cache_gb sizes the KV cache on CPU; on GPU vLLM sizes it from gpu_memory_utilization instead.
+    seed + replica seeds the engine; with the in-process engine vLLM also seeds this process's global
+    RNGs with it. Single-threaded use only (no Ray max_concurrency > 1): see the module docstring.
+    """
+
+    def __init__(self, model_dir: str, *, seed: int = 0, dtype: str = "float32", max_model_len: int = 512,
+                 kv_cache_gb: float = 1.0, step_delimiter: str = "\n", enforce_eager: bool = True,
+                 gpu_memory_utilization: float = 0.5, threads: int = 1, replica: int = 0):
+        if not Path(model_dir, "config.json").is_file():
+            raise FileNotFoundError(f"model_dir={model_dir!r} has no config.json")
+        if threads < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        if kv_cache_gb <= 0:
+            raise ValueError(f"kv_cache_gb must be > 0, got {kv_cache_gb}")
+        if not step_delimiter:
+            raise ValueError("step_delimiter must be a non-empty string")
+        self.model_dir, self.replica, self.step_delimiter = model_dir, replica, step_delimiter
+        self.version = 0
+        self._open_streams = 0
+        self._calls = 0  # makes engine request ids unique across calls
+        self._expected_shapes = _checkpoint_shapes(model_dir)
+
+        on_cpu = not torch.cuda.is_available()
+        _set_thread_env(threads)
+        _set_vllm_env(on_cpu)
+        from vllm import LLM  # after the environment is set
+
+        memory = ({"kv_cache_memory_bytes": int(kv_cache_gb * 2**30)} if on_cpu
+                  else {"gpu_memory_utilization": gpu_memory_utilization})
+        start = time.perf_counter()
+        self._llm = LLM(model=model_dir, dtype=dtype, seed=seed + replica, max_model_len=max_model_len,
+                        enforce_eager=enforce_eager, logprobs_mode="raw_logprobs",
+                        worker_extension_cls=_EXTENSION, **memory)
+        self.engine_start_s = time.perf_counter() - start
+        self._tokenizer = self._llm.get_tokenizer()  # the engine's own: prompt ids match vLLM's
+        vocab = self._llm.llm_engine.model_config.get_vocab_size()
+        self._token_bytes = token_bytes_table(self._tokenizer, vocab)
+
+    # ----------------------------------------------------------------------------- sampling
+    def generate(self, requests: list[PromptRequest], *, n: int, temperature: float, top_p: float = 1.0,
+                 max_tokens: int, stop: list[str] | None = None, seed: int | None = None) -> list[Trajectory]:
+        """n trajectories per request, ordered by request then sample index."""
+        order = {(r.group_id, r.prompt_id): k for k, r in enumerate(requests)}
+        out = list(self.generate_stream(requests, n=n, temperature=temperature, top_p=top_p,
+                                        max_tokens=max_tokens, stop=stop, seed=seed))
+        return sorted(out, key=lambda t: (order[(t.group_id, t.prompt_id)], t.info["sample"]))
+
+    def generate_stream(self, requests: list[PromptRequest], *, n: int, temperature: float,
+                        top_p: float = 1.0, max_tokens: int, stop: list[str] | None = None,
+                        seed: int | None = None) -> Iterator[Trajectory]:
+        """Yield each trajectory as soon as its request finishes (a Ray streaming generator).
+
+        Like any generator, nothing runs (not even argument checks) until the first next().
+        """
+        # Runs at the first next(): an unstarted stream has added nothing, so it cannot mix versions.
+        _check_sampling(requests, n, temperature, top_p, max_tokens)
+        self._open_streams += 1
+        try:
+            yield from self._run(requests, n, temperature, top_p, max_tokens, stop, seed)
+        finally:
+            self._open_streams -= 1
+
+    def _run(self, requests, n, temperature, top_p, max_tokens, stop, seed) -> Iterator[Trajectory]:
+        from vllm import SamplingParams
+        from vllm.inputs import tokens_input
+        from vllm.sampling_params import RequestOutputKind
+
+        base = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                              stop=list(stop) if stop else None, logprobs=0,
+                              include_stop_str_in_output=True,  # keeps text in line with the token ids
+                              output_kind=RequestOutputKind.FINAL_ONLY)  # no per-step partial outputs
+        self._calls += 1
+        version = self.version  # fixed for the call: weights cannot change until it returns
+        engine = self._llm.llm_engine
+        pending: dict[str, tuple[PromptRequest, int]] = {}
+        try:
+            for k, req in enumerate(requests):
+                prompt = tokens_input(self._tokenizer.encode(req.text), prompt=req.text)  # tokenized once
+                for i in range(n):
+                    params = base.clone()
+                    params.seed = None if seed is None else seed + k * n + i
+                    rid = f"c{self._calls}-{k}-{i}"
+                    try:
+                        engine.add_request(rid, prompt, params)
+                    except Exception as e:  # vLLM's message names neither the prompt nor the field
+                        raise ValueError(f"generator r{self.replica}: vLLM rejected prompt_id="
+                                         f"{req.prompt_id!r}: {e}") from e
+                    pending[rid] = (req, i)
+            while pending:
+                if not engine.has_unfinished_requests():
+                    raise RuntimeError(f"generator r{self.replica}: engine idle with {len(pending)} "
+                                       f"requests unfinished: {sorted(pending)[:5]}")
+                for output in engine.step():
+                    if output.finished:
+                        req, i = pending.pop(output.request_id)
+                        yield self._trajectory(output, req, i, version)
+        finally:
+            if pending:  # consumer stopped early or an error: leave the engine empty for the next call
+                engine.abort_request(list(pending))
+
+    def _trajectory(self, output, req: PromptRequest, i: int, version: int) -> Trajectory:
+        comp = output.outputs[0]
+        if comp.finish_reason not in _FINISH_REASONS:
+            raise RuntimeError(f"prompt {req.prompt_id} sample {i}: vLLM finish_reason "
+                               f"{comp.finish_reason!r} (expected one of {sorted(_FINISH_REASONS)})")
+        response = [int(t) for t in comp.token_ids]
+        if comp.logprobs is None or len(comp.logprobs) != len(response):
+            raise RuntimeError(f"prompt {req.prompt_id} sample {i}: {len(response)} tokens but "
+                               f"{None if comp.logprobs is None else len(comp.logprobs)} logprob entries")
+        logprobs = []
+        for t, (tok, entry) in enumerate(zip(response, comp.logprobs)):
+            if tok not in entry:
+                raise RuntimeError(f"prompt {req.prompt_id} sample {i}: no logprob for the sampled "
+                                   f"token {tok} at position {t} (got ids {sorted(entry)})")
+            logprobs.append(float(entry[tok].logprob))
+        return Trajectory(
+            uid=f"v{version}-r{self.replica}-g{req.group_id}-{req.prompt_id}-{i}",
+            prompt_id=req.prompt_id, group_id=req.group_id, policy_version=version,
+            prompt_ids=[int(t) for t in output.prompt_token_ids], response_ids=response,
+            logprobs=logprobs, finish_reason=_FINISH_REASONS[comp.finish_reason],
+            step_spans=split_steps(response, self._token_bytes, self.step_delimiter),
+            prompt_text=req.text, response_text=comp.text, reference=req.reference,
+            info={"replica": self.replica, "sample": i})
+
+    # ----------------------------------------------------------------------------- weights
+    def load_weights(self, version: int, weights: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]
+                     ) -> dict:
+        """Swap in HF-named full weights (model.named_parameters() of the learner's HF model).
+
+        Returns {"version", "load_s", "fingerprint"}; load_s covers the copy into the engine only.
+        """
+        if self._open_streams:
+            raise RuntimeError(f"generator r{self.replica}: load_weights(version={version}) while "
+                               f"{self._open_streams} generate_stream call(s) are unfinished")
+        if version < self.version:
+            raise ValueError(f"generator r{self.replica}: version {version} is older than the loaded "
+                             f"version {self.version}")
+        items = list(weights.items()) if isinstance(weights, dict) else list(weights)
+        self._check_weights(items)
+        start = time.perf_counter()
+        self._llm.collective_rpc("steprl_reload_weights", args=(items,))
+        if not self._llm.reset_prefix_cache():  # cached prompt KV was computed with the old weights
+            raise RuntimeError(f"generator r{self.replica}: could not reset the prefix cache")
+        load_s = time.perf_counter() - start
+        fingerprint = self.fingerprint()  # also checks the packed CPU copies: raises before versioning
+        self.version = version
+        return {"version": version, "load_s": load_s, "fingerprint": fingerprint}
+
+    def _check_weights(self, items: list[tuple[str, torch.Tensor]]) -> None:
+        """Exactly the checkpoint's tensor names and shapes: vLLM would only log a missing one."""
+        names = [name for name, _ in items]
+        dupes = sorted(name for name, c in Counter(names).items() if c > 1)
+        if dupes:
+            raise ValueError(f"load_weights: duplicate names {dupes[:5]}")
+        missing = sorted(set(self._expected_shapes) - set(names))
+        extra = sorted(set(names) - set(self._expected_shapes))
+        if missing or extra:
+            raise ValueError(f"load_weights: names differ from {self.model_dir}'s checkpoint: missing "
+                             f"{missing[:5]} ({len(missing)}), unexpected {extra[:5]} ({len(extra)}); send "
+                             f"model.named_parameters() of the HF model (tied tensors once)")
+        for name, tensor in items:
+            if tuple(tensor.shape) != self._expected_shapes[name]:
+                raise ValueError(f"load_weights: {name} has shape {tuple(tensor.shape)}, the checkpoint "
+                                 f"has {self._expected_shapes[name]}")
+
+    def live_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The engine's weights read back under HF names and shapes (diagnostics and tests)."""
+        return self._llm.collective_rpc("steprl_named_weights")[0]
+
+    def fingerprint(self) -> dict:
+        """algo.fingerprint.weights_fingerprint over the engine's live weights."""
+        return self._llm.collective_rpc("steprl_fingerprint")[0]
+
+    def get_version(self) -> int:
+        return self.version
+
+    def ping(self) -> str:
+        return f"generator r{self.replica} v{self.version}"
+
+
+def _check_sampling(requests: Sequence[PromptRequest], n: int, temperature: float, top_p: float,
+                    max_tokens: int) -> None:
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    counts = Counter((r.group_id, r.prompt_id) for r in requests)
+    dupes = sorted(k for k, c in counts.items() if c > 1)
+    if dupes:
+        raise ValueError(f"requests repeat (group_id, prompt_id) {dupes}: ask for more samples with n")

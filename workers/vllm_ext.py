@@ -1,0 +1,130 @@
+"""vLLM worker extension: reload weights in place and read the live weights back under HF names.
+
+vLLM mixes this class into its worker (``LLM(worker_extension_cls="workers.vllm_ext.WeightSyncExtension")``)
+and its methods are reached with ``llm.collective_rpc("steprl_...", args=...)``. The engine must run
+in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that the arguments, which are tensors, are handed
+over by reference instead of being serialised to another process.
+
+Why a read-back is needed: on CPU, vLLM packs every linear layer's weight into a oneDNN / sgl kernel
+buffer and replaces the ``weight`` parameter with an empty tensor, so ``named_parameters()`` no longer
+shows what the engine multiplies with. We recover such a weight by pushing an identity matrix through
+the layer's own kernel (``x = I  ->  x @ W.T = W.T``), which is exact in float32. Fused layers
+(``qkv_proj``, ``gate_up_proj``) are split back into their HF parts with the model's
+``packed_modules_mapping`` and the layer's ``output_sizes``; the vocab padding rows vLLM adds to the
+embedding are cut off. The result is named and shaped like the HF model's ``named_parameters()``, so
+any fingerprint of it can be compared to the learner's. Tensor parallelism (sharded weights) is not
+handled: the read-back assumes one worker holds the whole model.
+
+A second CPU quirk, found by comparing logprobs with the HF model: a tied ``lm_head`` shares the
+embedding's Parameter but computes logits with its own packed copy, made once at start-up. vLLM's
+in-place reload re-processes only the modules whose parameters it loaded, and ``named_parameters()``
+lists the shared tensor under the embedding only, so the ``lm_head`` kept sampling with the initial
+weights. After every reload we therefore repack each module that kept its weight beside a packed
+copy, and the read-back checks such copies against their weight (a mismatch is an error).
+
+The method names carry a ``steprl_`` prefix because vLLM refuses an extension whose attribute names
+clash with the worker's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+_PROBE_ROWS = 1024  # identity rows per kernel call: bounds the probe's memory for wide layers
+
+
+def _probe_packed_weight(module: torch.nn.Module, in_features: int, out_features: int,
+                         dtype: torch.dtype) -> torch.Tensor:
+    """Recover W [out, in] from a CPU-packed linear kernel by multiplying it with the identity.
+
+    Costs one [in, in] x [in, out] matmul: trivial for the tiny CPU models, seconds for a 0.5B one.
+    """
+    cols = []
+    for start in range(0, in_features, _PROBE_ROWS):
+        stop = min(start + _PROBE_ROWS, in_features)
+        eye = torch.zeros(stop - start, in_features, dtype=dtype)
+        eye[:, start:stop] = torch.eye(stop - start, dtype=dtype)
+        cols.append(module.cpu_linear(eye, module.weight, None))  # [rows, out] = W[:, rows].T
+    weight = torch.cat(cols, dim=0).t().contiguous()
+    if weight.shape != (out_features, in_features):
+        raise RuntimeError(f"weight read-back of {type(module).__name__} gave shape {tuple(weight.shape)}, "
+                           f"expected {(out_features, in_features)}")
+    return weight
+
+
+def _live_tensor(module: torch.nn.Module, param_name: str, param: torch.Tensor) -> torch.Tensor:
+    """The tensor the engine really computes with for module.<param_name>."""
+    if param_name == "weight" and param.numel() == 0 and hasattr(module, "cpu_linear"):
+        return _probe_packed_weight(module, module.input_size, module.output_size, module.params_dtype)
+    tensor = param.detach()
+    org_vocab = getattr(module, "org_vocab_size", None)
+    if org_vocab is not None and param_name == "weight":
+        tensor = tensor[:org_vocab]  # vLLM pads the vocabulary to a multiple of 64 with zero rows
+    return tensor
+
+
+def _kept_weight_modules(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn.Module]]:
+    """Modules (embedding, lm_head) that keep their weight but may compute with a packed CPU copy."""
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if hasattr(module, "cpu_linear") and isinstance(weight, torch.Tensor) and weight.numel() > 0:
+            yield name, module
+
+
+def _check_packed_copy(name: str, module: torch.nn.Module) -> None:
+    """Raise if the kernel copy a module computes with differs from its weight parameter."""
+    out_features, in_features = module.weight.shape
+    live = _probe_packed_weight(module, in_features, out_features, module.weight.dtype)
+    if not torch.equal(live, module.weight.detach()):
+        err = (live - module.weight.detach()).abs().max().item()
+        raise RuntimeError(f"{name}: the packed CPU kernel copy differs from {name}.weight (max abs "
+                           f"difference {err:.3g}); the module was not repacked after a weight reload")
+
+
+def _unfuse(name: str, tensor: torch.Tensor, module: torch.nn.Module,
+            packed: dict[str, list[str]]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Split qkv_proj / gate_up_proj (weight or bias) back into the HF tensors they were fused from."""
+    module_path, _, param_name = name.rpartition(".")
+    parent, _, leaf = module_path.rpartition(".")
+    parts = packed.get(leaf)
+    if parts is None:
+        yield name, tensor
+        return
+    sizes = list(module.output_sizes)
+    if len(sizes) != len(parts) or sum(sizes) != tensor.shape[0]:
+        raise RuntimeError(f"cannot split {name} of shape {tuple(tensor.shape)} into {parts} "
+                           f"with output_sizes {sizes}")
+    for part, piece in zip(parts, torch.split(tensor, sizes, dim=0)):
+        yield f"{parent}.{part}.{param_name}", piece
+
+
+class WeightSyncExtension:
+    """Mixed into vLLM's worker; ``self`` is the worker, ``self.model_runner`` holds the model."""
+
+    def steprl_reload_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
+        """Copy HF-named full weights into the running model (fusing, padding and repacking included)."""
+        self.model_runner.reload_weights(weights_iterator=iter(weights))
+        for _, module in _kept_weight_modules(self.model_runner.get_model()):
+            module.quant_method.process_weights_after_loading(module)  # refresh the packed copy
+
+    def steprl_named_weights(self) -> list[tuple[str, torch.Tensor]]:
+        """The live weights as HF-named, HF-shaped tensors (tied tensors once, as named_parameters())."""
+        model = self.model_runner.get_model()
+        for name, module in _kept_weight_modules(model):
+            _check_packed_copy(name, module)
+        packed = getattr(model, "packed_modules_mapping", {}) or {}
+        modules = dict(model.named_modules())
+        out = []
+        for name, param in model.named_parameters():  # deduplicates a tied lm_head / embedding
+            module_path, _, param_name = name.rpartition(".")
+            module = modules[module_path]
+            out.extend(_unfuse(name, _live_tensor(module, param_name, param), module, packed))
+        return out
+
+    def steprl_fingerprint(self) -> dict:
+        """algo.fingerprint.weights_fingerprint over the live weights (see steprl_named_weights)."""
+        from algo.fingerprint import weights_fingerprint  # imported here: the worker process has it
+
+        return weights_fingerprint(self.steprl_named_weights())
