@@ -1,0 +1,161 @@
+"""Math datasets from JSONL: question/answer problems (GSM8K / MATH style) and step-labelled data.
+
+Answers are checked with the ``math-verify`` package (Hugging Face), which parses LaTeX or plain
+expressions (``\\boxed{..}`` included) and compares them symbolically. Step-labelled rows follow the
+spirit of PRM800K (Lightman et al. 2305.20050): a prompt, its steps, one label per step; labels are
+numbers (PRM800K's -1/0/+1, or Math-Shepherd's hard 0/1 and soft [0, 1] labels), stored as given.
+
+A malformed row raises ``DatasetError`` naming file, line and field; with ``skip_bad=True`` it is
+skipped and counted instead, and the count is returned so callers report it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class DatasetError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class TextProblem:
+    prompt_id: str
+    prompt: str
+    answer: str
+
+
+@dataclass
+class StepExample:
+    prompt: str
+    steps: list[str]
+    labels: list[float]
+
+
+def _rows(path: Path):
+    """(line number, parsed object) per non-blank line; DatasetError for bad JSON / non-objects."""
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield lineno, DatasetError(f"{path}:{lineno}: invalid JSON ({e.msg})")
+                continue
+            yield lineno, row if isinstance(row, dict) else DatasetError(
+                f"{path}:{lineno}: row must be a JSON object, got {type(row).__name__}")
+
+
+def _read(path: str | Path, parse_row, skip_bad: bool) -> tuple[list, int]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"dataset file not found: {path}")
+    items, skipped = [], 0
+    for lineno, row in _rows(path):
+        try:
+            if isinstance(row, DatasetError):
+                raise row
+            items.append(parse_row(row, f"{path}:{lineno}"))
+        except DatasetError:
+            if not skip_bad:
+                raise
+            skipped += 1
+    return items, skipped
+
+
+def _field(row: dict, name: str, where: str, types: tuple):
+    if name not in row:
+        raise DatasetError(f"{where}: missing field '{name}'")
+    value = row[name]
+    if isinstance(value, bool) or not isinstance(value, types):
+        raise DatasetError(f"{where}: field '{name}' must be {'/'.join(t.__name__ for t in types)}, "
+                           f"got {type(value).__name__}")
+    return value
+
+
+def _problem_row(row: dict, where: str) -> TextProblem:
+    prompt = _field(row, "prompt", where, (str,))
+    answer = _field(row, "answer", where, (str, int, float))
+    if not prompt.strip():
+        raise DatasetError(f"{where}: field 'prompt' is empty")
+    if not str(answer).strip():
+        raise DatasetError(f"{where}: field 'answer' is empty")
+    pid = row.get("id")
+    if pid is None:
+        pid = "js-" + hashlib.sha256(prompt.encode()).hexdigest()[:12]
+    return TextProblem(str(pid), prompt, str(answer))
+
+
+def load_jsonl_problems(path: str | Path, skip_bad: bool = False) -> tuple[list[TextProblem], int]:
+    """Rows ``{"prompt": str, "answer": str|number[, "id": ...]}`` -> (problems, number skipped)."""
+    return _read(path, _problem_row, skip_bad)
+
+
+def _step_row(row: dict, where: str) -> StepExample:
+    prompt = _field(row, "prompt", where, (str,))
+    steps = _field(row, "steps", where, (list,))
+    labels = _field(row, "labels", where, (list,))
+    if not steps:
+        raise DatasetError(f"{where}: field 'steps' is empty")
+    if len(steps) != len(labels):
+        raise DatasetError(f"{where}: field 'labels' has {len(labels)} entries, 'steps' has {len(steps)}")
+    for i, s in enumerate(steps):
+        if not isinstance(s, str):
+            raise DatasetError(f"{where}: field 'steps[{i}]' must be str, got {type(s).__name__}")
+    for i, lab in enumerate(labels):
+        if isinstance(lab, bool) or not isinstance(lab, (int, float)):
+            raise DatasetError(f"{where}: field 'labels[{i}]' must be a number, got {lab!r}")
+    return StepExample(prompt, list(steps), [float(x) for x in labels])
+
+
+def read_step_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[StepExample], int]:
+    """Rows ``{"prompt", "steps": [...], "labels": [...]}`` -> (examples, number skipped)."""
+    return _read(path, _step_row, skip_bad)
+
+
+def write_step_jsonl(path: str | Path, examples: list[StepExample]) -> None:
+    """Write examples; validates each one the way the reader does, so a written file always reads."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, ex in enumerate(examples):
+            row = {"prompt": ex.prompt, "steps": ex.steps, "labels": ex.labels}
+            _step_row(row, f"write_step_jsonl item {i}")
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def label_text_answer(problem: TextProblem, response_text: str):
+    """Outcome-only labels for a dataset problem (no oracle exists for its steps: step lists are empty)."""
+    from tasks.oracle import Labels
+    return Labels(step_correct=[], prefix_correct=[], outcome=check_answer(response_text, problem.answer),
+                  format_ok=True, num_steps=0, first_error=None, answer=None, truncated=False, reason="")
+
+
+def text_prompt(problem: TextProblem) -> str:
+    """Dataset prompts are given to the policy as written (no chat template)."""
+    return problem.prompt
+
+
+def check_answer(pred_text: str, gold: str, timeout_seconds: int | None = 5) -> bool:
+    """True when math-verify finds ``pred_text``'s final answer equal to ``gold``.
+
+    math-verify's timeouts use SIGALRM, which only works in a process's main thread: off the main
+    thread (e.g. a threaded Ray actor) the timeout is disabled. Parse failures count as wrong."""
+    from math_verify import parse, verify   # heavy import (sympy), only when answers are checked
+
+    if threading.current_thread() is not threading.main_thread():
+        timeout_seconds = None
+
+    gold_parsed = parse(gold, parsing_timeout=timeout_seconds)
+    if not gold_parsed:
+        # A bare gold answer like "72" parses as an expression; if it did not, compare as given.
+        gold_parsed = parse(f"${gold}$", parsing_timeout=timeout_seconds)
+    pred_parsed = parse(pred_text, parsing_timeout=timeout_seconds)
+    if not gold_parsed or not pred_parsed:
+        return False
+    return bool(verify(gold_parsed, pred_parsed, timeout_seconds=timeout_seconds))
