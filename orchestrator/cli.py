@@ -22,8 +22,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
             "on generated correct solutions"),
     "eval": ("orchestrator.eval_command", "run_eval_command", "held-out accuracy, pass@k, step accuracy "
              "and first-error histogram of a policy"),
-    "bench": ("orchestrator.bench", "run_bench", "benchmarks (generation, learner step, weight sync); "
-              "writes JSON"),
+    "bench": ("orchestrator.bench", "run_bench", "time generation, scoring, learner step and weight sync "
+              "over train.steps real steps; writes JSON"),
     "config": ("orchestrator.cli", "show_config", "validate a config and print it resolved "
                "(--explain: every field with its doc)"),
 }
@@ -51,7 +51,6 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "config":
             p.add_argument("--explain", action="store_true", help="print every field with its doc")
         if name == "bench":
-            p.add_argument("--what", default="all", help="generate | learner | sync | all")
             p.add_argument("--out", default=None, help="JSON output path (default run_dir/bench.json)")
     return parser
 

@@ -45,7 +45,7 @@ class ModelConfig:
 
 @dataclass
 class SFTConfig:
-    batches: int = f(1000, "optimizer steps of supervised fine-tuning")
+    batches: int = f(480, "optimizer steps of supervised fine-tuning")
     batch_size: int = f(64, "solutions per SFT batch")
     lr: float = f(1e-3, "peak SFT learning rate (AdamW)")
     warmup: int = f(200, "SFT linear warm-up steps")
@@ -58,7 +58,7 @@ class RolloutConfig:
     group_size: int = f(8, "responses sampled per prompt (the GRPO group)")
     temperature: float = f(1.0, "sampling temperature")
     top_p: float = f(1.0, "nucleus sampling mass")
-    max_new_tokens: int = f(64, "longest response in tokens (longer ones are truncated, finish_reason=length)")
+    max_new_tokens: int = f(96, "longest response in tokens (longer ones are truncated, finish_reason=length)")
     step_delimiter: str = f("\n", "text that ends a reasoning step ('\\n\\n' for chat models)")
     max_model_len: int = f(256, "vLLM context length")
     kv_cache_gb: float = f(1.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")

@@ -93,7 +93,7 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> str | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    keys = [(k, label) for k, label in PLOT_KEYS if any(k in r for r in rows)]
+    keys = [(k, label) for k, label in PLOT_KEYS if any(r.get(k) for r in rows)]  # skip absent / all-zero
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)

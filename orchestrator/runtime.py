@@ -45,7 +45,9 @@ def init_ray(address: str | None, num_cpus: int | None, threads: int) -> None:
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, runtime_env=env, include_dashboard=False, log_to_driver=True)
+        # "local" always starts a fresh Ray: never attach by accident to another cluster on this machine.
+        ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
+                 log_to_driver=True)
 
 
 @dataclass

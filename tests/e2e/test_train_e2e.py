@@ -24,7 +24,7 @@ SMALL = ["rollout.prompts_per_step=4", "rollout.group_size=4", "learner.micro_ba
 @pytest.fixture(scope="module")
 def ray_local():
     os.chdir(ROOT)
-    ray.init(num_cpus=2, include_dashboard=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
              runtime_env={"env_vars": {"OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}})
     yield
     ray.shutdown()
@@ -77,3 +77,19 @@ def test_train_versions_sync_metrics_and_resume(ray_local, tmp_path):
     assert resumed[2]["data/position"] == original_step3["data/position"] == 2
     assert resumed[2]["data/prompts_hash"] == original_step3["data/prompts_hash"]
     assert resumed[2]["policy_version_sampled"] == 2 and resumed[2]["policy_version"] == 3
+
+
+def test_critic_and_reference_roles_step_ppo_with_kl(ray_local, tmp_path):
+    """The PPO path: critic values streamed per trajectory, value loss trained, KL to the reference."""
+    from orchestrator.train import run_train
+    run_dir = str(tmp_path / "ppo")
+    summary = run_train(config(run_dir, "train.steps=2", "algo.estimator=step_ppo", "algo.kl_coef=0.05",
+                               "algo.kl_in=reward", "eval.k=1", "eval.num_problems=4"))
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    assert [r["policy_version"] for r in steps] == [1, 2]
+    for r in steps:
+        for key in ("value_loss", "value_mean", "kl"):
+            assert key in r and math.isfinite(r[key]), key
+    assert steps[0]["kl"] == 0.0 or abs(steps[0]["kl"]) < 1e-4   # version 0 samples: policy == reference
+    assert steps[1]["kl"] > 0.0                                     # after one update they differ
+    assert summary["steps"] == 2

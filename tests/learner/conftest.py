@@ -63,7 +63,7 @@ def ray_local():
     if not ray.is_initialized():
         # Test-defined actors (pickled by reference) must be importable in Ray workers.
         here = os.path.dirname(os.path.abspath(__file__))
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": here}})
     yield ray
     ray.shutdown()

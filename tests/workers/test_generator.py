@@ -263,7 +263,7 @@ def test_ray_actor_streams_and_loads_weights(policy):
     from workers.generator import GeneratorWorker
 
     model_dir, model, _, prompts = policy
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         actor = ray.remote(num_cpus=1)(GeneratorWorker).remote(model_dir, replica=1, kv_cache_gb=0.25,
                                                                max_model_len=256)
