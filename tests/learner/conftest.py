@@ -56,7 +56,7 @@ def policy_dir(tmp_path_factory) -> str:
     return make_policy_dir(tmp_path_factory.mktemp("tiny_policy"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")   # module scope: other test folders start their own Ray
 def ray_local():
     import ray
 
