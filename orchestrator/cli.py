@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 
@@ -66,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     module, func, _ = COMMANDS[args.command]
     summary = getattr(importlib.import_module(module), func)(cfg, args)
     if summary:
-        print(json.dumps(summary, indent=1, default=str) if os.environ.get("STEPRL_PRINT_SUMMARY") else
-              f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")
+        print(f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")
     return 0
 
 

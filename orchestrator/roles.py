@@ -86,10 +86,6 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int) -> Roles:
     return Roles(generators, reward, learner, critic, reference, placement, tokenizer_pad_id(policy_dir))
 
 
-def generator_fingerprints(roles: Roles, timeout_s: float) -> list[dict]:
-    return get([g.fingerprint.remote() for g in roles.generators], "generator", "fingerprint", timeout_s)
-
-
 def placement_report(roles: Roles, timeout_s: float) -> dict[str, list[str]]:
     """Role -> the Ray node ids its actors run on (shows how the placement group spread the roles)."""
     def node(_self):

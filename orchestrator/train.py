@@ -147,7 +147,7 @@ def ensure_policy(cfg: DictConfig) -> str:
         return os.path.abspath(cfg.model.policy)
     console.print(f"[yellow]no policy at {cfg.model.policy}: running SFT first[/]")
     from orchestrator.sft_command import sft_from_config
-    return sft_from_config(cfg, os.path.join(cfg.run_dir, "sft"))
+    return sft_from_config(cfg, os.path.join(cfg.run_dir, "sft"))["policy_dir"]
 
 
 def _bar_info(row: dict) -> str:
