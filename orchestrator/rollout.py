@@ -63,6 +63,8 @@ def stream_rollouts(generators: list, reward, requests: list[PromptRequest], sam
     if len(trajectories) != expected:
         raise RoleError(f"generators returned {len(trajectories)} trajectories, expected {expected}")
     early = sum(t.info.get("scored_at", end) <= gen_end for t in trajectories)
+    # reward_s is the scoring time NOT hidden behind generation (the wait after the last trajectory);
+    # reward/compute_s is the scorers' own total work, most of it overlapped with generation.
     out.timing = {"timing/generate_s": gen_end - t0, "timing/reward_s": end - gen_end,
                   "reward/compute_s": sum(t.info.get("reward_s", 0.0) for t in trajectories),
                   "stream/scored_during_generation": early / max(1, len(trajectories))}
