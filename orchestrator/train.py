@@ -81,9 +81,7 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
                          samples=state["samples"] + metrics["samples_step"], data_position=step)
             row = {"step": step, "policy_version": state["version"], "samples": state["samples"],
                    "data/position": step - 1, "data/prompts_hash": prompts_hash(requests), **metrics}
-            if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < cfg.train.steps:
-                row.update(evaluate(cfg, roles, problems))
-            if step == cfg.train.steps:
+            if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
                 row.update(evaluate(cfg, roles, problems))
             log.log(row)
             if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
