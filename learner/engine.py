@@ -21,6 +21,22 @@ import torch
 CLIENT_KEY = "steprl_client_state"
 
 
+def save_engine_checkpoint(engine, ckpt_dir: str, client_state: dict) -> None:
+    """DeepSpeed engine state (weights, optimizer, scheduler, step) plus our client state."""
+    engine.save_checkpoint(str(ckpt_dir), client_state={CLIENT_KEY: dict(client_state)})
+
+
+def load_engine_checkpoint(engine, ckpt_dir: str, who: str) -> dict:
+    """Restore what save_engine_checkpoint wrote; returns our client state. Errors name `who`."""
+    path, client_state = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+    if path is None:
+        raise FileNotFoundError(f"{who}: no DeepSpeed checkpoint in {ckpt_dir}")
+    if CLIENT_KEY not in (client_state or {}):
+        raise KeyError(f"{ckpt_dir}: checkpoint has no {CLIENT_KEY!r} client state (not written by steprl?)")
+    return client_state[CLIENT_KEY]
+
+
 def set_threads(threads: int) -> None:
     """One BLAS/OMP thread per process: two processes with two threads each ran ~6x slower here."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

@@ -25,7 +25,8 @@ from algo.batch import shift_logprobs
 from algo.fingerprint import weights_fingerprint
 from learner.batching import (all_reduce_sum, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
                               select)
-from learner.engine import CLIENT_KEY, SCHEDULES, accumulated_step, build_engine, init_distributed, set_threads
+from learner.engine import (SCHEDULES, accumulated_step, build_engine, init_distributed, load_engine_checkpoint,
+                            save_engine_checkpoint, set_threads)
 from learner.objective import ObjectiveCoefs, check_policy_batch, loss_mask, micro_objective, units
 from learner.weights import BroadcastChannel, weights_summary
 
@@ -170,17 +171,14 @@ class LearnerRank:
     def save_checkpoint(self, ckpt_dir: str, client_state: dict) -> str:
         """DeepSpeed engine state (weights, optimizer, scheduler, step) + this rank's RNG state.
         Every rank must call it with the same directory (on a filesystem all ranks share)."""
-        self.engine.save_checkpoint(str(ckpt_dir), client_state={CLIENT_KEY: dict(client_state)})
+        save_engine_checkpoint(self.engine, ckpt_dir, client_state)
         rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
         torch.save(rng, Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
         return str(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         """Restore what save_checkpoint wrote; returns the client_state."""
-        path, client_state = self.engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
-                                                         load_lr_scheduler_states=True)
-        if path is None:
-            raise FileNotFoundError(f"learner rank {self.rank}: no DeepSpeed checkpoint in {ckpt_dir}")
+        client_state = load_engine_checkpoint(self.engine, ckpt_dir, f"learner rank {self.rank}")
         rng_file = Path(ckpt_dir) / f"rng_rank{self.rank}.pt"
         if not rng_file.exists():
             raise FileNotFoundError(f"learner rank {self.rank}: missing RNG state {rng_file}")
@@ -188,9 +186,7 @@ class LearnerRank:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        if CLIENT_KEY not in (client_state or {}):
-            raise KeyError(f"{ckpt_dir}: checkpoint has no {CLIENT_KEY!r} client state (not written by steprl?)")
-        return client_state[CLIENT_KEY]
+        return client_state
 
     def global_steps(self) -> int:
         """Optimizer updates taken so far (restored by load_checkpoint)."""

@@ -19,7 +19,8 @@ import torch
 from algo.losses import value_loss
 from learner.batching import (agg_units, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
                               select, shift_right, trajectory_row)
-from learner.engine import CLIENT_KEY, accumulated_step, build_engine, free_port, init_distributed, set_threads
+from learner.engine import (accumulated_step, build_engine, free_port, init_distributed, load_engine_checkpoint,
+                            save_engine_checkpoint, set_threads)
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
 METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
@@ -128,14 +129,8 @@ class CriticWorker:
 
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
         """DeepSpeed state (weights, optimizer, scheduler) of the critic."""
-        self.engine.save_checkpoint(str(ckpt_dir), client_state={CLIENT_KEY: dict(client_state or {})})
+        save_engine_checkpoint(self.engine, ckpt_dir, client_state or {})
         return str(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
-        path, client_state = self.engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
-                                                         load_lr_scheduler_states=True)
-        if path is None:
-            raise FileNotFoundError(f"critic: no DeepSpeed checkpoint in {ckpt_dir}")
-        if CLIENT_KEY not in (client_state or {}):
-            raise KeyError(f"{ckpt_dir}: checkpoint has no {CLIENT_KEY!r} client state (not written by steprl?)")
-        return client_state[CLIENT_KEY]
+        return load_engine_checkpoint(self.engine, ckpt_dir, "critic")

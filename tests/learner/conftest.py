@@ -7,6 +7,9 @@ import os
 import pytest
 import torch
 
+from algo.batch import collate
+from algo.trajectory import Trajectory
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
@@ -27,27 +30,22 @@ def make_batch(B: int, *, prompt_len: int = 8, max_response: int = 40, step_len:
     Row b has a response of max_response - (b % 3) * 4 tokens cut into steps of step_len tokens.
     """
     g = torch.Generator().manual_seed(seed)
-    L = prompt_len + max_response
-    batch = {
-        "input_ids": torch.full((B, L), 1, dtype=torch.long),  # 1 = pad id of the tiny tokenizer
-        "attention_mask": torch.zeros(B, L, dtype=torch.long),
-        "response_mask": torch.zeros(B, L),
-        "step_index": torch.full((B, L), -1, dtype=torch.long),
-        "behavior_logprobs": torch.zeros(B, L),
-        "advantages": torch.zeros(B, L),
-        "returns": torch.zeros(B, L),
-        "sample_valid": torch.ones(B),
-    }
+    trajs = []
     for b in range(B):
         n = max_response - (b % 3) * 4
-        batch["input_ids"][b, : prompt_len + n] = torch.randint(2, vocab, (prompt_len + n,), generator=g)
-        batch["attention_mask"][b, : prompt_len + n] = 1
-        batch["response_mask"][b, prompt_len : prompt_len + n] = 1.0
-        batch["step_index"][b, prompt_len : prompt_len + n] = torch.arange(n) // step_len
-        batch["behavior_logprobs"][b, prompt_len : prompt_len + n] = -5.5 + 0.1 * torch.randn(n, generator=g)
-        adv = torch.randn(n // step_len + 1, generator=g)[torch.arange(n) // step_len]  # one value per step
+        ids = torch.randint(2, vocab, (prompt_len + n,), generator=g).tolist()
+        spans = [(s, min(s + step_len, n)) for s in range(0, n, step_len)]
+        trajs.append(Trajectory(uid=str(b), prompt_id=str(b), group_id=b, policy_version=0,
+                                prompt_ids=ids[:prompt_len], response_ids=ids[prompt_len:],
+                                logprobs=(-5.5 + 0.1 * torch.randn(n, generator=g)).tolist(),
+                                finish_reason="stop", step_spans=spans))
+    batch = collate(trajs, pad_id=1)  # 1 = pad id of the tiny tokenizer
+    batch["advantages"] = torch.zeros_like(batch["behavior_logprobs"])
+    for b, t in enumerate(trajs):
+        n = len(t.response_ids)
+        adv = torch.randn(len(t.step_spans), generator=g)[torch.arange(n) // step_len]  # one value per step
         batch["advantages"][b, prompt_len : prompt_len + n] = adv
-        batch["returns"][b, prompt_len : prompt_len + n] = adv
+    batch["returns"] = batch["advantages"].clone()
     return batch
 
 
