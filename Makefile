@@ -3,7 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-cpu
-# One thread per process: on small machines several actors share the cores (see DESIGN.md section 6).
+# One thread per process: on small machines several actors (generator, reward, learner ranks) share the
+# cores, and BLAS threads then fight over them: on our 2-core machine, two processes with two BLAS threads
+# each ran about 6x slower than with one thread each.
 export OMP_NUM_THREADS ?= 1
 export MKL_NUM_THREADS ?= 1
 export OPENBLAS_NUM_THREADS ?= 1

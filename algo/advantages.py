@@ -1,4 +1,4 @@
-"""Advantage estimators: one registry, one signature (DESIGN.md section 5).
+"""Advantage estimators: one registry, one signature.
 
     compute_advantages(name, AdvantageInputs, **params) -> (advantages [B, T], returns [B, T] | None)
 

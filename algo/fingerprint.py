@@ -28,12 +28,17 @@ def weights_fingerprint(named_tensors: Iterable[tuple[str, Tensor]]) -> dict:
     return total
 
 
-def fingerprints_match(a: dict, b: dict, rtol: float = 1e-6) -> bool:
-    """Same numel, and sums equal to rtol. `sum` can be near 0 (signs cancel), so its tolerance is
-    rtol * abs_sum (the scale of its terms); sumsq and abs_sum are compared relatively."""
+def fingerprint_rel_diff(a: dict, b: dict) -> float:
+    """Largest relative difference of the moments (inf when numel differs). `sum` can be near 0 (signs
+    cancel), so its difference is taken relative to abs_sum (the scale of its terms); sumsq and abs_sum
+    relative to themselves."""
     if a["numel"] != b["numel"]:
-        return False
-    scale = max(a["abs_sum"], b["abs_sum"])
-    if abs(a["sum"] - b["sum"]) > rtol * scale:
-        return False
-    return all(math.isclose(a[k], b[k], rel_tol=rtol, abs_tol=0.0) for k in ("sumsq", "abs_sum"))
+        return math.inf
+    diffs = [abs(a["sum"] - b["sum"]) / max(a["abs_sum"], b["abs_sum"], 1e-300)]
+    diffs += [abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]), 1e-300) for k in ("sumsq", "abs_sum")]
+    return max(diffs)
+
+
+def fingerprints_match(a: dict, b: dict, rtol: float = 1e-6) -> bool:
+    """Same numel, and every moment equal to rtol (see fingerprint_rel_diff)."""
+    return fingerprint_rel_diff(a, b) <= rtol

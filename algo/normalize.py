@@ -1,4 +1,4 @@
-"""Reward / advantage normalisation: masked statistics, group baselines, running moments.
+"""Reward / advantage normalisation: masked statistics, whitening, group baselines.
 
 Conventions (shared by every estimator, so numbers agree across the code base):
 - standard deviations are unbiased (Bessel, n - 1), as in the GRPO implementations of TRL,
@@ -46,15 +46,6 @@ def whiten(adv: Tensor, mask: Tensor, shift_mean: bool = True, eps: float = 1e-8
     if not shift_mean:
         out = out + mean
     return torch.where(mask > 0, out, torch.zeros_like(out))
-
-
-def batch_normalize(
-    x: Tensor, mask: Tensor | None = None, *, eps: float = 1e-8, clip: float | None = None
-) -> Tensor:
-    """Normalise rewards with the statistics of this batch, then clip to [-clip, clip]."""
-    mask = torch.ones_like(x) if mask is None else mask.to(x.dtype)
-    out = whiten(x, mask, shift_mean=True, eps=eps)
-    return out.clamp(-clip, clip) if clip is not None else out
 
 
 def _group_index(group_ids: Tensor) -> tuple[Tensor, int]:
@@ -108,43 +99,3 @@ def leave_one_out_baseline(rewards: Tensor, group_ids: Tensor, weight: Tensor | 
     others = (mean * count - rewards * w) / (count - w).clamp_min(1.0)
     return torch.where(count - w > 0, others, rewards)
 
-
-class RunningMeanStd:
-    """Running mean / variance of a scalar stream (parallel update of Chan et al.), checkpointable.
-
-    The variance is the population variance of everything seen (the stream is long, Bessel's
-    correction is immaterial); `state_dict` / `load_state_dict` carry it across checkpoints.
-    """
-
-    def __init__(self, eps: float = 1e-8):
-        self.mean, self.var, self.count, self.eps = 0.0, 1.0, 0.0, eps
-
-    def update(self, x: Tensor, mask: Tensor | None = None) -> None:
-        vals = x.detach().double().flatten()
-        if mask is not None:
-            vals = vals[mask.detach().flatten() > 0]
-        n = float(vals.numel())
-        if n == 0:
-            return
-        b_mean, b_var = vals.mean().item(), vals.var(unbiased=False).item()
-        total = self.count + n
-        d = b_mean - self.mean
-        m2 = self.var * self.count + b_var * n + d * d * self.count * n / total
-        self.mean, self.var, self.count = self.mean + d * n / total, m2 / total, total
-
-    @property
-    def std(self) -> float:
-        return (self.var + self.eps) ** 0.5
-
-    def normalize(self, x: Tensor, *, shift_mean: bool = True, clip: float | None = None) -> Tensor:
-        out = (x - self.mean) / self.std if shift_mean else x / self.std
-        return out.clamp(-clip, clip) if clip is not None else out
-
-    def state_dict(self) -> dict[str, float]:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict[str, float]) -> None:
-        missing = {"mean", "var", "count"} - set(state)
-        if missing:
-            raise KeyError(f"RunningMeanStd state is missing {sorted(missing)}")
-        self.mean, self.var, self.count = float(state["mean"]), float(state["var"]), float(state["count"])

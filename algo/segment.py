@@ -1,4 +1,4 @@
-"""Step segmentation on token ids (DESIGN.md section 3).
+"""Step segmentation on token ids.
 
 A reasoning step ends at the token whose text *completes* a delimiter (default "\\n"). Boundaries are
 found on token ids and per-token texts, never by decoding and re-tokenizing, so the spans index

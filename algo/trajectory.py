@@ -39,6 +39,7 @@ class PromptRequest:
     """One prompt to sample a group of responses for."""
 
     prompt_id: str
-    group_id: int
+    group_id: int                     # index of the prompt in its step: part of every sample's seed
     text: str
     reference: str = ""
+    samples: tuple[int, ...] | None = None  # sample indices to draw; None: 0..n-1 (a re-issue asks for fewer)

@@ -1,4 +1,4 @@
-"""Reward transforms: named pure functions over step rewards (DESIGN.md section 4).
+"""Reward transforms: named pure functions over step rewards.
 
 Every transform takes `rewards [B, K]` (probabilities in [0, 1] from a PRM / verifier) and
 `step_mask [B, K]` (1.0 for existing steps; it must be a prefix in each row: steps 0..K_b-1) and

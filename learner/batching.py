@@ -7,7 +7,8 @@ accumulation does) weights a token by 1 / (tokens in its micro-batch), so the up
 how the batch was cut, and a masked sample would still change the others' weights. Instead every
 micro-batch term is scaled by (its aggregation units) / (units of the whole mini-batch over all ranks),
 so the accumulated gradient is exactly the gradient of the loss aggregated over the global mini-batch
-(the invariance "sharded loss == global loss" of DESIGN.md section 7).
+(the invariance "sharded loss == global loss"; tests/learner/test_learner_objective.py checks it
+against the gradient of the whole batch, and tests/learner/test_learner_group.py across two ranks).
 """
 
 from __future__ import annotations

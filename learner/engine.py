@@ -1,20 +1,25 @@
-"""Shared DeepSpeed set-up for every trainable role (policy learner ranks, critic).
+"""Shared DeepSpeed set-up for every trainable role (policy learner ranks, critic), and the process set-up
+every role's actor does first (threads, determinism, RNG state, where its output goes).
 
 ZeRO data parallelism (Rajbhandari et al. 2020, "ZeRO: Memory Optimizations Toward Training Trillion
 Parameter Models") with a plain torch AdamW passed in as the client optimizer: DeepSpeed's fused CPU Adam
 would need a C++ build on these machines, and `zero_allow_untested_optimizer` lets ZeRO wrap torch's.
 
-Measured here (DESIGN.md section 6): DeepSpeed 0.19.8 with DS_ACCELERATOR=cpu and the gloo backend runs
+Measured on our 2-core CPU machine: DeepSpeed 0.19.8 with DS_ACCELERATOR=cpu and the gloo backend runs
 ZeRO-2 and ZeRO-3 on 2 ranks. Each rank is one process (a Ray actor) with one thread.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import random
 import socket
+import sys
 from datetime import timedelta
 
+import numpy as np
 import torch
 
 # DeepSpeed mixes its own entries into a checkpoint's client state; ours lives under this one key.
@@ -26,6 +31,23 @@ def save_engine_checkpoint(engine, ckpt_dir: str, client_state: dict) -> None:
     engine.save_checkpoint(str(ckpt_dir), client_state={CLIENT_KEY: dict(client_state)})
 
 
+def _deepspeed_safe_globals() -> list:
+    """The DeepSpeed classes inside its own ZeRO checkpoints (found by loading one with weights_only=True):
+    allowing exactly these lets torch's restricted unpickler read the files without running any code."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+def _load_weights_only(path: str, map_location=None):
+    """DeepSpeed's checkpoint engine loads with weights_only=False (a pickle that may run code); ours does
+    not. Installed on every engine we build (build_engine)."""
+    with torch.serialization.safe_globals(_deepspeed_safe_globals()):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_engine_checkpoint(engine, ckpt_dir: str, who: str) -> dict:
     """Restore what save_engine_checkpoint wrote; returns our client state. Errors name `who`."""
     path, client_state = engine.load_checkpoint(str(ckpt_dir), load_optimizer_states=True,
@@ -35,6 +57,54 @@ def load_engine_checkpoint(engine, ckpt_dir: str, who: str) -> dict:
     if CLIENT_KEY not in (client_state or {}):
         raise KeyError(f"{ckpt_dir}: checkpoint has no {CLIENT_KEY!r} client state (not written by steprl?)")
     return client_state[CLIENT_KEY]
+
+
+def save_rng(path: str) -> None:
+    """Python, numpy and torch RNG states of this process as JSON (no pickle: a run's files are data)."""
+    version, state, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    data = {"python": [version, list(state), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)],
+            "torch": torch.get_rng_state().tolist()}
+    with open(path, "w") as fh:
+        json.dump(data, fh)
+
+
+def load_rng(path: str) -> None:
+    """Restore what save_rng wrote."""
+    with open(path) as fh:
+        data = json.load(fh)
+    version, state, gauss = data["python"]
+    random.setstate((version, tuple(state), gauss))
+    kind, keys, pos, has_gauss, cached = data["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(torch.tensor(data["torch"], dtype=torch.uint8))
+
+
+def set_determinism(on: bool) -> None:
+    """Deterministic torch kernels (an op without one raises instead of silently varying). cuBLAS needs
+    a fixed workspace for it, set before CUDA starts."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(on)
+
+
+def redirect_output(log_file: str | None) -> None:
+    """Append this process's stdout and stderr (file descriptors 1 and 2, so C++ prints too) to log_file.
+
+    vLLM, DeepSpeed and transformers print INFO lines that Ray forwards from every actor to the driver,
+    where they bury the progress bar. Errors still reach the driver: a failed call raises there with its
+    traceback. None leaves the output where it is.
+    """
+    if not log_file:
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
 
 
 def set_threads(threads: int) -> None:
@@ -162,6 +232,7 @@ def build_engine(model: torch.nn.Module, *, lr: float, weight_decay: float, warm
                        grad_clip=grad_clip, bf16=bf16, world_size=dist.get_world_size())
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=config)
+    engine.checkpoint_engine.load = _load_weights_only
     return engine
 
 

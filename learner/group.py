@@ -18,7 +18,11 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from learner.batching import shard
 from learner.rank import LearnerRank
 
-_SET_BY_GROUP = ("rank", "world_size", "master_addr", "master_port")
+class LearnerError(RuntimeError):
+    """A learner rank died, failed or missed its deadline; the message names the rank and the call."""
+
+
+_SET_BY_GROUP = ("rank", "world_size", "master_addr", "master_port", "log_file")
 
 
 @ray.remote(num_cpus=0)
@@ -45,9 +49,11 @@ def _rank_kwargs_check(rank_kwargs: dict) -> None:
 class LearnerGroup:
     def __init__(self, *, num_ranks: int, rank_kwargs: dict, cpus_per_rank: float = 1.0,
                  gpus_per_rank: float = 0.0, timeout_s: float = 600.0, placement_group=None,
-                 bundle_indices: list[int] | None = None, scheduling_strategy=None, env_vars: dict | None = None):
-        """rank_kwargs: every LearnerRank argument except rank, world_size, master_addr, master_port.
-        With a placement group, rank i runs in bundle bundle_indices[i] (default: bundle i)."""
+                 bundle_indices: list[int] | None = None, scheduling_strategy=None, env_vars: dict | None = None,
+                 log_dir: str | None = None):
+        """rank_kwargs: every LearnerRank argument except rank, world_size, master_addr, master_port and
+        log_file. With a placement group, rank i runs in bundle bundle_indices[i] (default: bundle i).
+        With log_dir, rank i writes its output to log_dir/learner-<i>.log."""
         if num_ranks < 1:
             raise ValueError(f"num_ranks must be >= 1, got {num_ranks}")
         _rank_kwargs_check(rank_kwargs)
@@ -65,7 +71,8 @@ class LearnerGroup:
         self.ranks = [
             actor_cls.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank, scheduling_strategy=strategies[r],
                               runtime_env={"env_vars": env})
-            .remote(rank=r, world_size=num_ranks, master_addr=addr, master_port=port, **rank_kwargs)
+            .remote(rank=r, world_size=num_ranks, master_addr=addr, master_port=port,
+                    log_file=f"{log_dir}/learner-{r}.log" if log_dir else None, **rank_kwargs)
             for r in range(num_ranks)]
         self.master = (addr, port)
         try:
@@ -97,13 +104,14 @@ class LearnerGroup:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 late = [names[i] for i in sorted(pending.values())]
-                raise TimeoutError(f"{', '.join(late)}: '{what}' did not finish within {self.timeout_s:.0f}s")
+                raise LearnerError(f"{', '.join(late)}: '{what}' did not finish within {self.timeout_s:.0f}s "
+                                   "(train.timeout_s)")
             for ref in ready:
                 i = pending.pop(ref)
                 try:
                     out[i] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
                 except ray.exceptions.RayError as e:
-                    raise RuntimeError(f"{names[i]} failed in '{what}': {e}") from e
+                    raise LearnerError(f"{names[i]} failed in '{what}': {e}") from e
         return out
 
     def _call_all(self, method: str, *args, what: str | None = None) -> list:

@@ -26,7 +26,8 @@ from algo.fingerprint import weights_fingerprint
 from learner.batching import (all_reduce_sum, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
                               select)
 from learner.engine import (SCHEDULES, accumulated_step, build_engine, init_distributed, load_engine_checkpoint,
-                            save_engine_checkpoint, set_threads)
+                            load_rng, redirect_output, save_engine_checkpoint, save_rng, set_determinism,
+                            set_threads)
 from learner.objective import ObjectiveCoefs, check_policy_batch, loss_mask, micro_objective, units
 from learner.weights import BroadcastChannel, weights_summary
 
@@ -46,8 +47,11 @@ class LearnerRank:
                  warmup_steps: int, total_steps: int, schedule: str, grad_clip: float, ppo_epochs: int,
                  mini_batches: int, clip_low: float, clip_high: float, dual_clip: float | None, loss_agg: str,
                  entropy_coef: float, kl_coef: float, kl_estimator: str, sft_coef: float, seed: int,
-                 threads: int = 1, dtype: str = "float32", timeout_s: float = 600.0):
+                 threads: int = 1, dtype: str = "float32", timeout_s: float = 600.0, deterministic: bool = False,
+                 trust_remote_code: bool = False, log_file: str | None = None):
         from transformers import AutoModelForCausalLM
+
+        redirect_output(log_file)
 
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"learner dtype must be float32 or bfloat16, got {dtype!r}")
@@ -56,6 +60,7 @@ class LearnerRank:
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         set_threads(threads)
+        set_determinism(deterministic)
         seed_everything(seed)
         self.rank, self.world_size, self.model_dir = rank, world_size, str(model_dir)
         self.micro_batch_size, self.ppo_epochs, self.mini_batches = micro_batch_size, ppo_epochs, mini_batches
@@ -63,7 +68,8 @@ class LearnerRank:
                                     loss_agg=loss_agg, entropy_coef=entropy_coef, kl_coef=kl_coef,
                                     kl_estimator=kl_estimator, sft_coef=sft_coef)
         init_distributed(rank, world_size, master_addr, master_port, backend, timeout_s=timeout_s)
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
+                                                     trust_remote_code=trust_remote_code)
         self.engine = build_engine(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                                    total_steps=total_steps, schedule=schedule, zero_stage=zero_stage,
                                    micro_batch_size=micro_batch_size, grad_accum=1, grad_clip=grad_clip,
@@ -172,20 +178,16 @@ class LearnerRank:
         """DeepSpeed engine state (weights, optimizer, scheduler, step) + this rank's RNG state.
         Every rank must call it with the same directory (on a filesystem all ranks share)."""
         save_engine_checkpoint(self.engine, ckpt_dir, client_state)
-        rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-        torch.save(rng, Path(ckpt_dir) / f"rng_rank{self.rank}.pt")
+        save_rng(str(Path(ckpt_dir) / f"rng_rank{self.rank}.json"))
         return str(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         """Restore what save_checkpoint wrote; returns the client_state."""
         client_state = load_engine_checkpoint(self.engine, ckpt_dir, f"learner rank {self.rank}")
-        rng_file = Path(ckpt_dir) / f"rng_rank{self.rank}.pt"
+        rng_file = Path(ckpt_dir) / f"rng_rank{self.rank}.json"
         if not rng_file.exists():
             raise FileNotFoundError(f"learner rank {self.rank}: missing RNG state {rng_file}")
-        rng = torch.load(rng_file, weights_only=False)
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
+        load_rng(str(rng_file))
         return client_state
 
     def global_steps(self) -> int:

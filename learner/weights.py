@@ -26,11 +26,6 @@ import torch
 from torch import Tensor
 
 
-def to_cpu_named(named: Iterable[tuple[str, Tensor]]) -> list[tuple[str, Tensor]]:
-    """Detached contiguous CPU copies: safe to put in the object store and to hand to another process."""
-    return [(name, t.detach().to("cpu").contiguous()) for name, t in named]
-
-
 def weights_meta(named: Iterable[tuple[str, Tensor]]) -> list[tuple[str, tuple[int, ...], str]]:
     """(name, shape, dtype name) per tensor: what a receiver needs to allocate buffers."""
     return [(name, tuple(t.shape), str(t.dtype).removeprefix("torch.")) for name, t in named]

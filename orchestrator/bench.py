@@ -26,6 +26,12 @@ KEYS = ("timing/generate_s", "timing/reward_s", "timing/train_s", "timing/sync_s
         "sync/load_s", "perf/tokens_per_s", "stream/scored_during_generation")
 
 
+def config_as_given(path: str) -> str:
+    """The config path as typed (relative to where steprl ran): the JSON is committed, so it must not
+    carry the directory layout of the machine that measured it. An absolute path becomes relative."""
+    return os.path.relpath(path) if os.path.isabs(path) else path
+
+
 def run_bench(cfg: DictConfig, args=None) -> dict:
     from orchestrator.train import ensure_policy, settings
     run_dir = open_run_dir(cfg)
@@ -35,14 +41,15 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
     started = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
     t_ray = time.time()
-    roles = start_roles(cfg, policy_dir, total_updates=max(1, cfg.train.steps))
+    roles = start_roles(cfg, policy_dir, total_updates=max(1, cfg.train.steps),
+                        log_dir=os.path.join(os.path.abspath(run_dir), "logs"))
     t_roles = time.time()
     steps, version = [], 0
     try:
         for step in range(1, cfg.train.steps + 1):
             requests = [PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
                         for g, p in enumerate(step_problems(cfg, task, step - 1))]
-            m = train_step(roles, settings(cfg, roles, step), requests, version)
+            m, _ = train_step(roles, settings(cfg, roles, step), requests, version)
             version = m.get("policy_version", version)
             steps.append({k: m[k] for k in KEYS if k in m})
     finally:
@@ -50,7 +57,7 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
         if started:
             ray.shutdown()
     measured = steps[1:] or steps
-    result = {"config": os.path.abspath(args.config) if args else None, "steps": len(steps),
+    result = {"config": config_as_given(args.config) if args else None, "steps": len(steps),
               "samples_per_step": cfg.rollout.prompts_per_step * cfg.rollout.group_size,
               "learner_ranks": cfg.learner.num_ranks, "zero_stage": cfg.learner.zero_stage,
               "ray_init_s": t_ray - t0, "roles_start_s": t_roles - t_ray,

@@ -1,19 +1,18 @@
-"""Checkpoints: written to a temp directory, then renamed, so a crash never leaves half a checkpoint.
+"""Checkpoints: written to a temp directory, flushed to disk, then renamed, so a crash (of the process or
+of the machine) never leaves half a checkpoint: the previous one stays the newest complete one.
 
-A checkpoint holds the learner (DeepSpeed model, optimizer, scheduler, RNG per rank), the critic when
-there is one, and the driver state: step, policy version, data position, samples consumed, RNG.
+A checkpoint holds the learner (DeepSpeed model, optimizer, scheduler, RNG per rank), the critic (the
+same, one rank) when there is one, and the driver state: step, policy version, data position, samples
+consumed, RNG. RNG states are JSON, never pickles: loading a run's files runs no code.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 
-import numpy as np
-import torch
-
+from learner.engine import load_rng, save_rng
 from orchestrator.runtime import get
 
 PREFIX = "step_"
@@ -42,15 +41,32 @@ def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: floa
     if roles.critic is not None:
         get(roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint",
             timeout_s)
-    driver_rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    torch.save(driver_rng, os.path.join(tmp, "driver_rng.pt"))
+    save_rng(os.path.join(tmp, "driver_rng.json"))
     with open(os.path.join(tmp, "state.json"), "w") as fh:   # written last: its presence marks completeness
         json.dump(state, fh, indent=1)
+    fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _fsync_path(root)  # the rename itself reaches the disk
     for old in sorted(d for d in os.listdir(root) if d.startswith(PREFIX))[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
+
+
+def fsync_tree(path: str) -> None:
+    """Flush every file and directory under path to disk (the writers, DeepSpeed included, only close)."""
+    for dirpath, _, files in os.walk(path):
+        for name in files:
+            _fsync_path(os.path.join(dirpath, name))
+        _fsync_path(dirpath)
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
@@ -58,9 +74,6 @@ def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
     if roles.critic is not None:
         get(roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint",
             timeout_s)
-    rng = torch.load(os.path.join(path, "driver_rng.pt"), weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
+    load_rng(os.path.join(path, "driver_rng.json"))
     with open(os.path.join(path, "state.json")) as fh:
         return json.load(fh)

@@ -58,15 +58,34 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [_alias(o) for o in args.overrides]
     try:
-        cfg = load_config(args.config, overrides)
+        # `steprl config` validates a recipe anywhere: the files it names live where it will run.
+        cfg = load_config(args.config, overrides, check_files=args.command != "config")
     except ConfigError as e:
         print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
         return 2
     module, func, _ = COMMANDS[args.command]
-    summary = getattr(importlib.import_module(module), func)(cfg, args)
+    try:
+        summary = getattr(importlib.import_module(module), func)(cfg, args)
+    except ConfigError as e:  # found when the command starts (e.g. a missing model directory)
+        print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if not _is_role_failure(e):
+            raise
+        print(f"steprl {args.command}: {type(e).__name__}: {e}\nactor logs: "
+              f"{os.path.join(cfg.run_dir, 'logs')}; continue from the newest checkpoint with resume=true",
+              file=sys.stderr)
+        return 1
     if summary:
         print(f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")
     return 0
+
+
+def _is_role_failure(e: Exception) -> bool:
+    """A role died, failed or timed out: a clear one-paragraph error, not a traceback of the driver."""
+    from learner.group import LearnerError
+    from orchestrator.runtime import RoleError
+    return isinstance(e, (RoleError, LearnerError))
 
 
 def _alias(override: str) -> str:

@@ -41,6 +41,9 @@ class ModelConfig:
     layers: int = f(4, "tiny policy layers (only when SFT creates the policy)")
     heads: int = f(4, "tiny policy attention heads (only when SFT creates the policy)")
     kv_heads: int = f(2, "tiny policy key/value heads (only when SFT creates the policy)")
+    sft_if_missing: bool = f(False, "run SFT to create model.policy when it does not exist (otherwise a missing "
+                             "policy is an error; the committed default policy is always re-created)")
+    trust_remote_code: bool = f(False, "let transformers / vLLM run Python code shipped in model directories")
 
 
 @dataclass
@@ -81,6 +84,9 @@ class RewardConfig:
     meaning: str = f("step_correct", "what an oracle step reward means: step_correct | prefix_correct")
     transform: str = f("identity", "step reward transform (algo.transforms registry)")
     transform_params: dict[str, float] = f({}, "keyword arguments of the transform")
+    max_masked_fraction: float = f(0.5, "stop the run when more than this fraction of a step's samples is masked "
+                                   "(a reward source failed) for reward.max_masked_steps steps in a row")
+    max_masked_steps: int = f(3, "consecutive steps above reward.max_masked_fraction before the run stops")
 
 
 @dataclass
@@ -134,7 +140,11 @@ class TrainConfig:
     eval_every: int = f(10, "evaluate on held-out problems every N steps (0: only before and after)")
     checkpoint_every: int = f(10, "write a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = f(2, "checkpoints kept in run_dir/checkpoints")
-    timeout_s: float = f(600.0, "deadline of every ray.get / ray.wait on a role")
+    timeout_s: float = f(600.0, "deadline of every ray.get / ray.wait on a role (and of learner collectives)")
+    deterministic: bool = f(True, "identical metrics for reruns and resumes of one config on the same machine: "
+                            "fixed batch order, deterministic torch kernels")
+    max_actor_restarts: int = f(3, "times a dead generator / reward / critic / reference actor is replaced "
+                                "before the run stops")
 
 
 @dataclass

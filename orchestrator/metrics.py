@@ -15,9 +15,12 @@ from algo.trajectory import Trajectory
 from orchestrator.rundir import jsonable
 
 
-def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, float]:
+def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, float | str]:
     valid = [t for t in trajs if t.reward_valid]
-    out: dict[str, float] = {"samples/masked": float(len(trajs) - len(valid))}
+    out: dict[str, float | str] = {"samples/masked": float(len(trajs) - len(valid))}
+    errors = [t.info.get("reward_error", "?") for t in trajs if not t.reward_valid]
+    if errors:  # the reason, not only the count: a broken reward source must be visible in the log
+        out["reward/first_error"] = errors[0]
     if not valid:
         return out
     n = len(valid)
@@ -46,29 +49,37 @@ def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, 
     return out
 
 
-class MetricsLog:
-    """Appends to run_dir/metrics.jsonl and TensorBoard; reads back the existing lines on resume."""
+def sample_records(step: int, trajs: list[Trajectory]) -> list[dict]:
+    """One row per sample for run_dir/samples.jsonl: who made it, with which weights, what it earned."""
+    return [{"step": step, "group_id": t.group_id, "sample": t.info.get("sample"), "prompt_id": t.prompt_id,
+             "uid": t.uid, "replica": t.info.get("replica"), "policy_version": t.policy_version,
+             "reward_valid": t.reward_valid, "outcome_reward": t.outcome_reward, "step_rewards": t.step_rewards,
+             "finish_reason": t.finish_reason, "response": t.response_text} for t in trajs]
 
-    def __init__(self, run_dir: str, resume_from_step: int | None = None):
-        self.path = os.path.join(run_dir, "metrics.jsonl")
+
+class MetricsLog:
+    """Appends rows to run_dir/<name> (and TensorBoard); on resume keeps the rows up to the checkpoint."""
+
+    def __init__(self, run_dir: str, resume_from_step: int | None = None, name: str = "metrics.jsonl",
+                 tensorboard: bool = True):
+        self.path = os.path.join(run_dir, name)
         self.rows: list[dict] = []
         if resume_from_step is not None and os.path.exists(self.path):
             with open(self.path) as fh:
                 self.rows = [r for r in map(json.loads, fh) if r["step"] <= resume_from_step]
         with open(self.path, "w") as fh:   # drop rows of steps after the checkpoint: they are redone
             fh.writelines(json.dumps(r) + "\n" for r in self.rows)
-        self.tb = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(os.path.join(run_dir, "tensorboard"))
-        except ImportError:  # tensorboard is in the cpu/gpu extras; metrics.jsonl is the record
-            pass
+        self.tb = _tensorboard_writer(run_dir) if tensorboard else None
 
-    def log(self, row: dict) -> None:
-        row = jsonable(row)
-        self.rows.append(row)
+    def log(self, *rows: dict) -> None:
+        rows = [jsonable(r) for r in rows]
+        self.rows.extend(rows)
         with open(self.path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+            fh.writelines(json.dumps(r) + "\n" for r in rows)
+        for row in rows:
+            self._tensorboard(row)
+
+    def _tensorboard(self, row: dict) -> None:
         if self.tb is not None:
             for k, v in row.items():
                 if isinstance(v, (int, float)) and k != "step" and math.isfinite(v):
@@ -80,9 +91,18 @@ class MetricsLog:
             self.tb.close()
 
 
+def _tensorboard_writer(run_dir: str):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is in the cpu/gpu extras; the JSONL file is the record
+        return None
+    return SummaryWriter(os.path.join(run_dir, "tensorboard"))
+
+
 PLOT_KEYS = [("eval/accuracy", "held-out greedy accuracy"), ("oracle/accuracy", "sample accuracy (train)"),
              ("oracle/step_accuracy", "sample step accuracy (train)"), ("reward/step_mean", "mean step reward"),
-             ("kl", "KL to reference"), ("entropy", "entropy")]
+             ("kl", "KL to reference (learner)"), ("kl/behavior_ref", "KL to reference (samples)"),
+             ("entropy", "entropy")]
 
 
 def plot_curves(rows: list[dict], path: str, title: str = "") -> str | None:

@@ -1,9 +1,9 @@
 """Streaming rollouts: every finished trajectory goes to the reward worker (and the critic / reference)
 while the rest of the batch is still being generated.
 
-Generators run `generate_stream` as Ray streaming generators; the driver waits on all of them at once with
-ray.wait and forwards each trajectory's ObjectRef to the scorers as soon as it exists, so scoring overlaps
-generation. Every wait has a deadline.
+The generator pool (orchestrator/generators.py) yields each trajectory once as it finishes, replacing dead
+replicas; the driver forwards each trajectory's ObjectRef to the scorers as soon as it exists, so scoring
+overlaps generation. Every wait has a deadline.
 """
 
 from __future__ import annotations
@@ -11,10 +11,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-import ray
-
 from algo.trajectory import PromptRequest, Trajectory
-from orchestrator.runtime import RoleError, get
+from orchestrator.generators import GeneratorPool
+from orchestrator.runtime import get
 
 
 @dataclass
@@ -25,43 +24,31 @@ class Rollout:
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def split_round_robin(items: list, n: int) -> list[list]:
-    return [items[i::n] for i in range(n)]
-
-
-def stream_rollouts(generators: list, reward, requests: list[PromptRequest], sampling: dict, *,
+def stream_rollouts(generators: GeneratorPool, reward, requests: list[PromptRequest], sampling: dict, *,
                     critic=None, reference=None, timeout_s: float) -> Rollout:
-    """Generate `sampling["n"]` responses per request over all generators, scoring each as it finishes."""
+    """Generate `sampling["n"]` responses per request over all generators, scoring each as it finishes.
+
+    The result is in (group_id, sample index) order whatever the finishing order was: the batch, and so
+    every number the learner computes, does not depend on timing.
+    """
     t0 = time.time()
-    streams = [g.generate_stream.options(num_returns="streaming").remote(chunk, **sampling)
-               for g, chunk in zip(generators, split_round_robin(requests, len(generators))) if chunk]
-    scored, values, refs = [], [], []
-    pending, deadline = list(streams), t0 + timeout_s
-    while pending:
-        ready, pending = ray.wait(pending, num_returns=1, timeout=max(0.0, deadline - time.time()))
-        if not ready:
-            raise RoleError(f"generator.generate_stream produced nothing for {timeout_s:.0f} s (train.timeout_s)")
-        for stream in ready:
-            try:
-                traj_ref = next(stream)
-            except StopIteration:
-                continue
-            pending.append(stream)
-            scored.append(reward.score.remote(traj_ref))
-            if critic is not None:
-                values.append(critic.traj_values.remote(traj_ref))
-            if reference is not None:
-                refs.append(reference.traj_logprobs.remote(traj_ref))
+    keys, scored, values, refs = [], [], [], []
+    for traj_ref, traj in generators.stream(requests, sampling):
+        keys.append((traj.group_id, traj.info["sample"]))
+        scored.append(reward.score.remote(traj_ref))
+        if critic is not None:
+            values.append(critic.traj_values.remote(traj_ref))
+        if reference is not None:
+            refs.append(reference.traj_logprobs.remote(traj_ref))
     gen_end = time.time()
-    remaining = max(1.0, deadline - gen_end)
-    trajectories = get(scored, "reward", "score", remaining)
+    remaining = max(1.0, t0 + timeout_s - gen_end)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    trajectories = _ordered(get(scored, "reward", "score", remaining), order)
     out = Rollout(trajectories,
-                  get(values, "critic", "traj_values", remaining) if critic is not None else None,
-                  get(refs, "reference", "traj_logprobs", remaining) if reference is not None else None)
+                  _ordered(get(values, "critic", "traj_values", remaining), order) if critic is not None else None,
+                  _ordered(get(refs, "reference", "traj_logprobs", remaining), order) if reference is not None
+                  else None)
     end = time.time()
-    expected = len(requests) * sampling["n"]
-    if len(trajectories) != expected:
-        raise RoleError(f"generators returned {len(trajectories)} trajectories, expected {expected}")
     early = sum(t.info.get("scored_at", end) <= gen_end for t in trajectories)
     # reward_s is the scoring time NOT hidden behind generation (the wait after the last trajectory);
     # reward/compute_s is the scorers' own total work, most of it overlapped with generation.
@@ -69,3 +56,7 @@ def stream_rollouts(generators: list, reward, requests: list[PromptRequest], sam
                   "reward/compute_s": sum(t.info.get("reward_s", 0.0) for t in trajectories),
                   "stream/scored_during_generation": early / max(1, len(trajectories))}
     return out
+
+
+def _ordered(items: list, order: list[int]) -> list:
+    return [items[k] for k in order]

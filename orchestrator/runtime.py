@@ -43,11 +43,11 @@ def init_ray(address: str | None, num_cpus: int | None, threads: int) -> None:
         return
     env = {"env_vars": thread_env(threads)}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
     else:
         # "local" always starts a fresh Ray: never attach by accident to another cluster on this machine.
         ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
-                 log_to_driver=True)
+                 log_to_driver=True, logging_level="WARNING")
 
 
 @dataclass
@@ -76,13 +76,15 @@ class Placement:
         """Bundle indices of every actor of `role` (for groups that place their own actors)."""
         return [i for i, (r, _) in enumerate(self.bundles) if r == role]
 
-    def options(self, role: str) -> dict:
-        """Ray actor options for the next free bundle of `role`."""
+    def options(self, role: str, k: int | None = None) -> dict:
+        """Ray actor options for the k-th bundle of `role` (default: the next free one). A replacement
+        actor asks for the bundle of the actor it replaces."""
         indices = self.indices(role)
-        k = self._next.get(role, 0)
+        if k is None:
+            k = self._next.get(role, 0)
+            self._next[role] = k + 1
         if k >= len(indices):
             raise RoleError(f"no placement bundle left for role {role!r} ({len(indices)} declared)")
-        self._next[role] = k + 1
         index = indices[k]
         res = self.bundles[index][1]
         return {"num_cpus": res.get("CPU", 0), "num_gpus": res.get("GPU", 0),
@@ -106,14 +108,6 @@ def plan_bundles(role_counts: dict[str, int], roles_cfg: dict[str, dict]) -> lis
             bundle["GPU"] = float(res["num_gpus"])
         bundles += [(role, dict(bundle)) for _ in range(count)]
     return bundles
-
-
-def wait_ready(actors: dict[str, list], timeout_s: float) -> float:
-    """Block until every actor finished __init__; returns the seconds it took."""
-    t0 = time.time()
-    for role, handles in actors.items():
-        get([h.__ray_ready__.remote() for h in handles], role, "__init__", timeout_s)
-    return time.time() - t0
 
 
 def env_threads(threads: int) -> None:

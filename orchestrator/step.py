@@ -1,4 +1,4 @@
-"""One RL train step, as in DESIGN.md section 1: each line below is one arrow of the dataflow.
+"""One RL train step: each line of train_step is one arrow of the dataflow.
 
     prompts -> generate (streamed) -> reward / critic / reference scoring -> advantages -> learner update
             -> publish weights (version + 1) -> generators load them, checksums compared
@@ -14,10 +14,10 @@ import torch
 
 from algo.advantages import ESTIMATORS, AdvantageInputs, compute_advantages
 from algo.batch import collate
-from algo.fingerprint import fingerprints_match
 from algo.kl import kl_estimate
 from algo.normalize import whiten
 from algo.trajectory import PromptRequest
+from orchestrator.generators import Published
 from orchestrator.metrics import rollout_stats
 from orchestrator.rollout import stream_rollouts
 from orchestrator.runtime import RoleError, get
@@ -27,7 +27,7 @@ from orchestrator.runtime import RoleError, get
 class StepSettings:
     """Plain values the step needs, read once from the config."""
 
-    sampling: dict              # n, temperature, top_p, max_tokens, seed
+    sampling: dict              # n, temperature, top_p, max_tokens, seed (the step's; samples derive theirs)
     estimator: str
     estimator_params: dict      # filtered to the estimator's own keyword arguments
     whiten: bool
@@ -46,14 +46,15 @@ def estimator_params(name: str, candidates: dict) -> dict:
     return {k: v for k, v in candidates.items() if k in accepted}
 
 
-def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: int) -> dict:
+def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: int) -> tuple[dict, list]:
+    """Returns the step's metrics and its scored trajectories (in group, sample order)."""
     t0 = time.time()
     rollout = stream_rollouts(roles.generators, roles.reward, requests, s.sampling, critic=roles.critic,
                               reference=roles.reference, timeout_s=s.timeout_s)
     batch = collate(rollout.trajectories, s.pad_id)
     add_response_values(batch, "old_values", rollout.values)
     add_response_values(batch, "ref_logprobs", rollout.ref_logprobs)
-    batch["advantages"], batch["returns"], kl = advantages(batch, s)
+    batch["advantages"], batch["returns"], kl_behavior_ref = advantages(batch, s)
     if s.sft_coef > 0:
         batch["sft_mask"] = batch["response_mask"] * batch["outcome"].gt(0.5).float()[:, None]
     t_train = time.time()
@@ -67,15 +68,18 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
     metrics.update(rollout.timing)
     metrics.update(rollout_stats(rollout.trajectories))
     tokens = float(batch["response_mask"].sum())
-    metrics.update({"kl": kl, "timing/train_s": t_sync - t_train, "timing/sync_s": end - t_sync,
-                    "timing/step_s": end - t0, "perf/tokens_per_s": tokens / max(1e-9, end - t0),
-                    "samples_step": len(rollout.trajectories),
+    metrics.update({"kl/behavior_ref": kl_behavior_ref, "timing/train_s": t_sync - t_train,
+                    "timing/sync_s": end - t_sync, "timing/step_s": end - t0,
+                    "perf/tokens_per_s": tokens / max(1e-9, end - t0),
+                    "samples_step": len(rollout.trajectories), "generators/restarts": roles.generators.restarts,
+                    "generators/reissued_samples": roles.generators.reissued,
                     "policy_version_sampled": min(t.policy_version for t in rollout.trajectories)})
-    return metrics
+    return metrics, rollout.trajectories
 
 
 def advantages(batch: dict, s: StepSettings) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """algo estimator on the collated batch; KL to the reference goes into the reward if configured."""
+    """algo estimator on the collated batch; KL to the reference goes into the reward if configured.
+    Returns advantages, returns and the mean KL of the behaviour policy to the reference (0 without one)."""
     mask = batch["response_mask"]
     kl = None
     if "ref_logprobs" in batch:
@@ -107,15 +111,9 @@ def add_response_values(batch: dict, key: str, per_traj: list[list[float]] | Non
 
 
 def publish_weights(roles, version: int, timeout_s: float) -> dict:
-    """Learner publishes `version`; every generator loads it with generation paused; checksums must match."""
+    """Learner publishes `version`; every generator loads it with generation paused; checksums must match
+    (a dead generator is replaced by one that loads it)."""
     t0 = time.time()
-    weights_ref = roles.learner.export_weights()
-    learner_fp = roles.learner.fingerprint()
-    loaded = get([g.load_weights.remote(version, weights_ref) for g in roles.generators],
-                 "generator", "load_weights", timeout_s)
-    for i, res in enumerate(loaded):
-        if not fingerprints_match(res["fingerprint"], learner_fp):
-            raise RoleError(f"generator {i} weight checksum {res['fingerprint']} != learner {learner_fp} "
-                            f"after loading version {version}")
-    return {"policy_version": version, "sync/load_s": max(r["load_s"] for r in loaded),
-            "sync/checksum_ok": 1.0, "sync/total_s": time.time() - t0}
+    published = Published(version, roles.learner.export_weights(), roles.learner.fingerprint())
+    metrics = roles.generators.load_weights(published)
+    return {"policy_version": version, **metrics, "sync/total_s": time.time() - t0}

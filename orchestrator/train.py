@@ -1,8 +1,10 @@
 """`steprl train`: the RL loop around orchestrator.step.train_step, with evaluation, checkpoints and a summary.
 
-The driver validates the config, makes sure a base policy exists (SFT first if not), starts or attaches
-to Ray, places the roles, then runs steps. Data position = step index: the prompts of step s are drawn
-from a seed derived from (seed, s), so a resumed run sees exactly the prompts it would have seen.
+The driver validates the config, makes sure the base policy exists (SFT creates the committed default, or
+any policy with model.sft_if_missing), starts or attaches to Ray, places the roles, then runs steps.
+Data position = step index: the prompts of step s are drawn from a seed derived from (seed, s), and every
+sample's sampling seed from (seed, s, prompt index, sample index), so a resumed run sees exactly the
+prompts and seeds it would have seen. Actor output goes to run_dir/logs; the console keeps the bar.
 """
 
 from __future__ import annotations
@@ -17,13 +19,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from algo.seeding import derive_seed
 from algo.trajectory import PromptRequest
-from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from orchestrator.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from orchestrator.config import ModelConfig
 from orchestrator.data import eval_problems, make_task, step_problems
-from orchestrator.metrics import MetricsLog, plot_curves
+from orchestrator.metrics import MetricsLog, plot_curves, sample_records
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
 from orchestrator.rundir import open_run_dir, write_summary
-from orchestrator.runtime import env_threads, get, init_ray
+from orchestrator.runtime import RoleError, env_threads, init_ray
+from orchestrator.validate import ConfigError
 from orchestrator.step import StepSettings, estimator_params, publish_weights, train_step
 
 console = Console()
@@ -35,15 +40,21 @@ def run_train(cfg: DictConfig, args=None) -> dict:
     env_threads(cfg.cluster.threads_per_actor)
     policy_dir = ensure_policy(cfg)
     task = make_task(cfg)
+    skipped = {f"data/{split}_rows_skipped": getattr(task, f"{split}_skipped", 0) for split in ("train", "eval")}
+    if any(skipped.values()):  # task.skip_bad_rows: counted and said, never silently dropped
+        console.print(f"[yellow]skipped bad or overlong JSONL rows: {skipped}[/]")
     started_ray = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
     updates = cfg.train.steps * cfg.learner.ppo_epochs * cfg.learner.mini_batches
-    console.print(f"[bold]steprl train[/] {cfg.algo.estimator} on {cfg.task.kind}: starting roles ...")
-    roles = start_roles(cfg, policy_dir, total_updates=updates)
+    log_dir = os.path.join(os.path.abspath(run_dir), "logs")
+    console.print(f"[bold]steprl train[/] {cfg.algo.estimator} on {cfg.task.kind}: starting roles "
+                  f"(actor logs in {log_dir}) ...")
+    roles = start_roles(cfg, policy_dir, total_updates=updates, log_dir=log_dir,
+                        checkpoint_dir=checkpoint_root(run_dir))
     try:
         placement = placement_report(roles, cfg.train.timeout_s)
         summary = _loop(cfg, roles, task, run_dir)
-        summary["placement"] = placement
+        summary.update(placement=placement, **skipped)
     finally:
         roles.shutdown()
         if started_ray:
@@ -62,7 +73,9 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
         state = load_checkpoint(ckpt, roles, timeout)
         publish_weights(roles, state["version"], timeout)   # generators restart from the learner's weights
         console.print(f"resumed from {ckpt} at step {state['step']}, version {state['version']}")
-    log = MetricsLog(run_dir, resume_from_step=state["step"] if ckpt else None)
+    resume_step = state["step"] if ckpt else None
+    log = MetricsLog(run_dir, resume_from_step=resume_step)
+    samples_log = MetricsLog(run_dir, resume_from_step=resume_step, name="samples.jsonl", tensorboard=False)
     problems = eval_problems(cfg, task)
     before = state.get("eval_before") or evaluate(cfg, roles, problems)
     state["eval_before"] = before
@@ -72,11 +85,12 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
                         TextColumn("{task.fields[info]}"), console=console)
     with progress:
         bar = progress.add_task("rl", total=cfg.train.steps, completed=state["step"], info="")
+        masked_streak = 0
         while state["step"] < cfg.train.steps:
             step = state["step"] + 1
             requests = [PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
                         for g, p in enumerate(step_problems(cfg, task, state["data_position"]))]
-            metrics = train_step(roles, settings(cfg, roles, step), requests, state["version"])
+            metrics, trajectories = train_step(roles, settings(cfg, roles, step), requests, state["version"])
             state.update(step=step, version=metrics.get("policy_version", state["version"]),
                          samples=state["samples"] + metrics["samples_step"], data_position=step)
             row = {"step": step, "policy_version": state["version"], "samples": state["samples"],
@@ -84,10 +98,14 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
             if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
                 row.update(evaluate(cfg, roles, problems))
             log.log(row)
+            samples_log.log(*sample_records(step, trajectories))
+            masked_streak = check_masked(masked_streak, metrics, cfg.reward.max_masked_fraction,
+                                         cfg.reward.max_masked_steps)
             if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 save_checkpoint(run_dir, roles, state, cfg.train.keep_checkpoints, timeout)
             progress.update(bar, advance=1, info=_bar_info(row))
     log.close()
+    samples_log.close()
     after = next((r for r in reversed(log.rows) if "eval/accuracy" in r), before)
     roles.learner.save_hf(os.path.join(run_dir, "policy"))
     plot = plot_curves(log.rows, os.path.join(run_dir, "curves.png"),
@@ -101,6 +119,17 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
             "backend/generator": "vllm", "backend/learner": "deepspeed"}
 
 
+def check_masked(streak: int, metrics: dict, max_fraction: float, max_steps: int) -> int:
+    """The new count of consecutive steps with too many masked samples; raises when it reaches max_steps.
+    A broken reward source masks every sample: without this the run would train on nothing forever."""
+    streak = streak + 1 if metrics["samples/masked"] > max_fraction * metrics["samples_step"] else 0
+    if streak >= max_steps:
+        raise RoleError(f"reward: more than {max_fraction:.0%} of the samples were masked for {streak} steps "
+                        f"in a row (reward.max_masked_fraction / max_masked_steps); last error: "
+                        f"{metrics.get('reward/first_error')}")
+    return streak
+
+
 def prompts_hash(requests: list[PromptRequest]) -> str:
     """Short digest of a step's prompts: lets anyone check that a resumed run saw the same data."""
     return hashlib.sha1("\n".join(r.text for r in requests).encode()).hexdigest()[:12]
@@ -110,7 +139,7 @@ def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
     a, r = cfg.algo, cfg.rollout
     return StepSettings(
         sampling={"n": r.group_size, "temperature": r.temperature, "top_p": r.top_p,
-                  "max_tokens": r.max_new_tokens, "seed": cfg.seed * 100_003 + step},
+                  "max_tokens": r.max_new_tokens, "seed": derive_seed(cfg.seed, "step", step)},
         estimator=a.estimator,
         estimator_params=estimator_params(a.estimator, {
             "gamma": a.gamma, "lam": a.lam, "outcome_weight": a.outcome_weight,
@@ -125,24 +154,30 @@ def evaluate(cfg: DictConfig, roles: Roles, problems) -> dict:
     from orchestrator.evaluate import evaluate_policy
 
     def generate_fn(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
+        # The same seeds at every evaluation: the curve moves with the policy, not with the noise.
+        sampling = {"n": n, "temperature": temperature, "max_tokens": cfg.rollout.max_new_tokens,
+                    "seed": derive_seed(cfg.seed, "eval")}
         reqs = [PromptRequest(str(i), i, p) for i, p in enumerate(prompts)]
-        chunks = [reqs[i::len(roles.generators)] for i in range(len(roles.generators))]
-        refs = [g.generate.remote(c, n=n, temperature=temperature, max_tokens=cfg.rollout.max_new_tokens,
-                                  seed=cfg.seed) for g, c in zip(roles.generators, chunks) if c]
-        texts: dict[int, list[str]] = {}
-        for trajs in get(refs, "generator", "generate(eval)", cfg.train.timeout_s):
-            for t in trajs:
-                texts.setdefault(t.group_id, []).append(t.response_text)
-        return [texts[i] for i in range(len(prompts))]
+        texts: dict[int, dict[int, str]] = {}
+        for _, t in roles.generators.stream(reqs, sampling):
+            texts.setdefault(t.group_id, {})[t.info["sample"]] = t.response_text
+        return [[texts[i][k] for k in range(n)] for i in range(len(prompts))]
 
-    return evaluate_policy(None, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
-                           max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed, generate_fn=generate_fn)
+    out = evaluate_policy(None, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
+                          max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed, generate_fn=generate_fn)
+    out["timing/eval_s"] = out.pop("time_s")  # a wall-clock key of a metrics row: under timing/
+    return out
 
 
 def ensure_policy(cfg: DictConfig) -> str:
-    """The base policy directory; SFT creates it first when it does not exist."""
+    """The base policy directory. A missing one is an error naming the path, unless it is the committed
+    default (re-created by SFT) or model.sft_if_missing is set: a typo must not start an SFT run."""
     if policy_dir_exists(cfg.model.policy):
         return os.path.abspath(cfg.model.policy)
+    is_default = os.path.abspath(cfg.model.policy) == os.path.abspath(ModelConfig.policy)
+    if not (cfg.model.sft_if_missing or is_default):
+        raise ConfigError(f"model.policy: no model directory (config.json) at {cfg.model.policy!r}; fix the "
+                          "path, or set model.sft_if_missing=true to create a tiny policy there by SFT")
     console.print(f"[yellow]no policy at {cfg.model.policy}: running SFT first[/]")
     from orchestrator.sft_command import sft_from_config
     return sft_from_config(cfg, os.path.join(cfg.run_dir, "sft"))["policy_dir"]

@@ -26,7 +26,7 @@ class ConfigError(ValueError):
 ROLES = ("generator", "reward", "critic", "reference", "learner")
 REWARD_SOURCES = ("oracle", "outcome", "prm")
 # The third meaning, "value" (Monte-Carlo rollouts from each step prefix, Math-Shepherd), needs the PRM
-# lifecycle of DESIGN.md section 8 and is not offered until it exists.
+# lifecycle (label prefixes with rollouts, train a PRM on them), which steprl does not have; not offered yet.
 STEP_MEANINGS = ("step_correct", "prefix_correct")
 CRITIC_ESTIMATORS = ("gae", "step_ppo")   # estimators that need values from the critic
 # Mirrors of the algo registries, so validation never imports torch (it must fail in seconds);
@@ -151,6 +151,10 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("eval.k", _positive, lambda: "an integer >= 1"),
     ("train.steps", lambda v: v >= 0, lambda: "an integer >= 0"),
     ("train.timeout_s", _positive, lambda: "a number of seconds > 0"),
+    ("train.keep_checkpoints", _positive, lambda: "an integer >= 1 (resume needs the newest checkpoint)"),
+    ("train.max_actor_restarts", lambda v: v >= 0, lambda: "an integer >= 0"),
+    ("reward.max_masked_fraction", lambda v: 0 <= v <= 1, lambda: "a number in [0, 1]"),
+    ("reward.max_masked_steps", _positive, lambda: "an integer >= 1"),
     ("cluster.placement_strategy", *_choices(("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))),
     ("cluster.threads_per_actor", _positive, lambda: "an integer >= 1"),
 ]

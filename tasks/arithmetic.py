@@ -2,8 +2,8 @@
 
 A problem is a left-to-right chain such as ``1+5-8+4=`` evaluated modulo ``modulus`` (10: single digits).
 The gold solution does one operation per line and writes the rest of the chain after the result, so
-each result sits right after its own operands (DESIGN.md section 6: a tiny model learns this "local"
-format, while the "rewrite the remaining expression" format left it at 12%):
+each result sits right after its own operands. We chose it because a tiny model learns this "local"
+format, while with a "rewrite the remaining expression" format our tiny policy stayed at 12% accuracy:
 
     1+5=6 -8+4
     6-8=8 +4

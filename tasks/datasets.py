@@ -6,15 +6,19 @@ spirit of PRM800K (Lightman et al. 2305.20050): a prompt, its steps, one label p
 numbers (PRM800K's -1/0/+1, or Math-Shepherd's hard 0/1 and soft [0, 1] labels), stored as given.
 
 A malformed row raises ``DatasetError`` naming file, line and field; with ``skip_bad=True`` it is
-skipped and counted instead, and the count is returned so callers report it.
+skipped and counted instead, and the count is returned so callers report it. Malformed means anything
+but one UTF-8 JSON object per line with the fields' types: non-UTF-8 bytes, bad or truncated JSON,
+repeated keys, lone-surrogate escapes, non-finite numbers. A UTF-8 BOM is accepted at the start of the
+file only (editors write one there).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -27,6 +31,8 @@ class TextProblem:
     prompt_id: str
     prompt: str
     answer: str
+    # "file:line" the row came from, so later checks (prompt length) can name it; not part of equality
+    source: str = field(default="", compare=False)
 
 
 @dataclass
@@ -36,19 +42,49 @@ class StepExample:
     labels: list[float]
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
+def _no_duplicate_keys(pairs: list) -> dict:
+    # json.loads keeps the last of repeated keys silently; two prompts in one row is a data bug
+    seen = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise DatasetError(f"duplicate field {key[:50]!r}")
+        seen.add(key)
+    return dict(pairs)
+
+
+def _parse_line(raw: bytes, where: str) -> dict:
+    """One JSONL line (bytes) -> a JSON object; DatasetError naming ``where`` for anything else.
+
+    Lines are decoded one at a time, so one non-UTF-8 line is a bad row, not a crash of the whole file."""
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{where}: line is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
+                           f"{e.start + 1})") from None
+    try:
+        row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+    except DatasetError as e:
+        raise DatasetError(f"{where}: {e}") from None
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except (ValueError, RecursionError) as e:  # int longer than 4300 digits, nesting deeper than the stack
+        raise DatasetError(f"{where}: invalid JSON ({type(e).__name__}: {str(e)[:100]})") from None
+    if not isinstance(row, dict):
+        raise DatasetError(f"{where}: row must be a JSON object, got {type(row).__name__}")
+    return row
+
+
 def _rows(path: Path):
-    """(line number, parsed object) per non-blank line; DatasetError for bad JSON / non-objects."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield lineno, DatasetError(f"{path}:{lineno}: invalid JSON ({e.msg})")
-                continue
-            yield lineno, row if isinstance(row, dict) else DatasetError(
-                f"{path}:{lineno}: row must be a JSON object, got {type(row).__name__}")
+    """(line number, line bytes) per non-blank line. Read as bytes: decoding is per line (_parse_line)."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            if lineno == 1 and raw.startswith(_BOM):
+                raw = raw[len(_BOM):]  # a BOM at the start of the file is an encoding mark, not row data
+            if raw.strip():
+                yield lineno, raw
 
 
 def _read(path: str | Path, parse_row, skip_bad: bool) -> tuple[list, int]:
@@ -56,11 +92,10 @@ def _read(path: str | Path, parse_row, skip_bad: bool) -> tuple[list, int]:
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
     items, skipped = [], 0
-    for lineno, row in _rows(path):
+    for lineno, raw in _rows(path):
+        where = f"{path}:{lineno}"
         try:
-            if isinstance(row, DatasetError):
-                raise row
-            items.append(parse_row(row, f"{path}:{lineno}"))
+            items.append(parse_row(_parse_line(raw, where), where))
         except DatasetError:
             if not skip_bad:
                 raise
@@ -75,6 +110,19 @@ def _field(row: dict, name: str, where: str, types: tuple):
     if isinstance(value, bool) or not isinstance(value, types):
         raise DatasetError(f"{where}: field '{name}' must be {'/'.join(t.__name__ for t in types)}, "
                            f"got {type(value).__name__}")
+    return _valid_value(value, name, where)
+
+
+def _valid_value(value, name: str, where: str):
+    """Reject values JSON can hold but text and numbers cannot: lone surrogates, NaN / inf."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")  # a "\ud800" escape decodes to a str that cannot be encoded (or hashed)
+        except UnicodeEncodeError:
+            raise DatasetError(f"{where}: field '{name}' holds a lone surrogate (\\ud800-\\udfff escape), "
+                               f"not valid Unicode text") from None
+    elif isinstance(value, float) and not math.isfinite(value):  # json reads NaN, Infinity, 1e999
+        raise DatasetError(f"{where}: field '{name}' must be finite, got {value}")
     return value
 
 
@@ -88,7 +136,9 @@ def _problem_row(row: dict, where: str) -> TextProblem:
     pid = row.get("id")
     if pid is None:
         pid = "js-" + hashlib.sha256(prompt.encode()).hexdigest()[:12]
-    return TextProblem(str(pid), prompt, str(answer))
+    else:
+        pid = _field(row, "id", where, (str, int))
+    return TextProblem(str(pid), prompt, str(answer), source=where)
 
 
 def load_jsonl_problems(path: str | Path, skip_bad: bool = False) -> tuple[list[TextProblem], int]:
@@ -107,10 +157,20 @@ def _step_row(row: dict, where: str) -> StepExample:
     for i, s in enumerate(steps):
         if not isinstance(s, str):
             raise DatasetError(f"{where}: field 'steps[{i}]' must be str, got {type(s).__name__}")
+        _valid_value(s, f"steps[{i}]", where)
     for i, lab in enumerate(labels):
         if isinstance(lab, bool) or not isinstance(lab, (int, float)):
-            raise DatasetError(f"{where}: field 'labels[{i}]' must be a number, got {lab!r}")
+            raise DatasetError(f"{where}: field 'labels[{i}]' must be a number, got {repr(lab)[:50]}")
+        if not math.isfinite(_as_float(lab)):
+            raise DatasetError(f"{where}: field 'labels[{i}]' must be a finite number, got {repr(lab)[:50]}")
     return StepExample(prompt, list(steps), [float(x) for x in labels])
+
+
+def _as_float(x: int | float) -> float:
+    try:
+        return float(x)
+    except OverflowError:  # an integer label beyond float range
+        return math.inf
 
 
 def read_step_jsonl(path: str | Path, skip_bad: bool = False) -> tuple[list[StepExample], int]:

@@ -1,4 +1,4 @@
-"""Oracle labels for arithmetic-chain responses: the three meanings of a step reward (DESIGN.md section 4).
+"""Oracle labels for arithmetic-chain responses: the three meanings of a step reward.
 
 ``label_response(problem, response_text)`` never raises on model output. It returns, per step:
 

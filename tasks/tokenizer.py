@@ -2,7 +2,7 @@
 
 Why this exact pipeline: in transformers 5, ``AutoTokenizer`` picks the tokenizer class from the model
 type (``Qwen2Tokenizer`` for our qwen2 models) and rebuilds the normalizer and pre-tokenizer from that
-class, keeping only our vocabulary and merges (DESIGN.md section 6). vLLM loads tokenizers the same way.
+class, keeping only our vocabulary and merges. vLLM loads tokenizers the same way.
 So we train with the very pipeline Qwen2Tokenizer rebuilds (NFC, Qwen2's split regex, ByteLevel without
 its own regex, ByteLevel decoder): the learner, the generators and this trainer then produce identical
 ids by construction, and every byte (the "\\n" step delimiter included) round-trips.

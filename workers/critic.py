@@ -14,31 +14,33 @@ So values line up with log-probs, advantages and returns token by token.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from algo.losses import value_loss
 from learner.batching import (agg_units, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
                               select, shift_right, trajectory_row)
 from learner.engine import (accumulated_step, build_engine, free_port, init_distributed, load_engine_checkpoint,
-                            save_engine_checkpoint, set_threads)
+                            load_rng, redirect_output, save_engine_checkpoint, save_rng, set_determinism, set_threads)
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
 METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
 
 
-def load_value_model(model_dir: str, critic_dir: str | None):
+def load_value_model(model_dir: str, critic_dir: str | None, trust_remote_code: bool = False):
     """A value model: critic_dir, or model_dir itself when it already is a token classifier (a trained
     critic), else a fresh zero head on model_dir's (policy) backbone."""
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     src = str(critic_dir or model_dir)
-    archs = AutoConfig.from_pretrained(src).architectures or []
+    archs = AutoConfig.from_pretrained(src, trust_remote_code=trust_remote_code).architectures or []
     is_critic = any(a.endswith("ForTokenClassification") for a in archs)
     if critic_dir is not None and not is_critic:
         raise ValueError(f"critic_dir {src}: expected a token-classification model, found architectures {archs}")
     head = {} if is_critic else {"num_labels": 1}  # an existing critic keeps its own num_labels (checked)
     model = AutoModelForTokenClassification.from_pretrained(src, classifier_dropout=0.0, dtype=torch.float32,
-                                                            **head)
+                                                            trust_remote_code=trust_remote_code, **head)
     if model.config.num_labels != 1:
         raise ValueError(f"critic model {src}: num_labels must be 1 (one value per token), "
                          f"got {model.config.num_labels}")
@@ -55,19 +57,35 @@ class CriticWorker:
                  warmup_steps: int = 0, total_steps: int = 1000, schedule: str = "constant",
                  grad_clip: float = 1.0, value_clip: float | None = 0.2, loss_agg: str = "token",
                  ppo_epochs: int = 1, mini_batches: int = 1, seed: int = 0, threads: int = 1,
-                 dtype: str = "float32", master_port: int | None = None, timeout_s: float = 600.0):
+                 dtype: str = "float32", master_port: int | None = None, timeout_s: float = 600.0,
+                 deterministic: bool = False, trust_remote_code: bool = False, restore_dir: str | None = None,
+                 log_file: str | None = None):
+        redirect_output(log_file)
         set_threads(threads)
+        set_determinism(deterministic)
         torch.manual_seed(seed)
         if ppo_epochs < 1 or mini_batches < 1:
             raise ValueError(f"critic ppo_epochs ({ppo_epochs}) and mini_batches ({mini_batches}) must be >= 1")
         init_distributed(0, 1, "127.0.0.1", master_port or free_port(), backend, timeout_s=timeout_s)
-        model = load_value_model(model_dir, critic_dir)
+        model = load_value_model(model_dir, critic_dir, trust_remote_code)
         self.engine = build_engine(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
                                    total_steps=total_steps, schedule=schedule, zero_stage=zero_stage,
                                    micro_batch_size=micro_batch_size, grad_accum=1, grad_clip=grad_clip,
                                    bf16=dtype == "bfloat16")
         self.micro_batch_size, self.value_clip, self.loss_agg = micro_batch_size, value_clip, loss_agg
         self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
+        if restore_dir and ray_restarted():
+            self._restore_newest(restore_dir)
+
+    def _restore_newest(self, checkpoints: str) -> None:
+        """After Ray re-created this actor (its process died), continue from the run's newest critic
+        checkpoint rather than from a fresh head; the steps since that checkpoint are lost for the critic."""
+        done = sorted(Path(checkpoints).glob("step_*/critic"))
+        if done:
+            self.load_checkpoint(str(done[-1]))
+            print(f"critic restarted by Ray: restored {done[-1]}", flush=True)
+        else:
+            print("critic restarted by Ray: no checkpoint yet, starting from the initial critic", flush=True)
 
     def _values(self, micro: dict) -> torch.Tensor:
         head = forward_logits(self.engine, micro["input_ids"], micro["attention_mask"])[..., 0].float()
@@ -130,7 +148,17 @@ class CriticWorker:
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
         """DeepSpeed state (weights, optimizer, scheduler) of the critic."""
         save_engine_checkpoint(self.engine, ckpt_dir, client_state or {})
+        save_rng(str(Path(ckpt_dir) / "rng.json"))
         return str(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
-        return load_engine_checkpoint(self.engine, ckpt_dir, "critic")
+        client_state = load_engine_checkpoint(self.engine, ckpt_dir, "critic")
+        load_rng(str(Path(ckpt_dir) / "rng.json"))
+        return client_state
+
+
+def ray_restarted() -> bool:
+    """True in an actor that Ray re-created after its process died."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed

@@ -2,7 +2,7 @@
 
 A plain class: the orchestrator wraps it with ``ray.remote(num_cpus=...)(GeneratorWorker)``; tests and
 ``steprl eval`` use it in-process. One instance owns one vLLM engine (one replica). No paper behind it:
-it is the adapter between vLLM and the Trajectory type (DESIGN.md sections 1, 3 and 6).
+it is the adapter between vLLM and the Trajectory type.
 
 Behaviour log-probs: the engine runs with ``logprobs_mode="raw_logprobs"`` and ``logprobs=0``, so each
 response token carries log softmax(logits)[sampled token] of the *raw* model, before temperature and
@@ -13,10 +13,12 @@ distribution). The sampled token's entry is looked up by id, so a missing one is
 Text: ``response_ids`` are exactly the sampled tokens (EOS included when it ended the response);
 ``response_text`` is vLLM's detokenisation, with the stop string kept; step spans come from the ids.
 
-Sampling: each of the ``n`` samples of a prompt is its own engine request (``n=1``), so each trajectory
-can be handed out the moment it finishes. With ``seed=None`` the engine's generator (seeded
-``seed + replica`` at start) draws; with a call seed, sample k of the call (k = prompt index * n +
-sample index) uses ``seed + k`` on every replica, so a call is reproducible wherever it runs.
+Sampling: each sample of a prompt is its own engine request (``n=1``), so each trajectory can be handed
+out the moment it finishes. With ``seed=None`` the engine's generator (seeded ``seed + replica`` at start)
+draws; with a call seed, sample i of the request with group_id g uses ``derive_seed(seed, g, i)``
+(algo/seeding.py): the seed depends on the sample, never on the replica or on what else is in the call,
+so a sample re-issued elsewhere after a crash is drawn with the same seed. ``PromptRequest.samples``
+restricts a request to some sample indices (the re-issue of a dead replica's unfinished samples).
 
 Weight swap and pausing: the actor is single-threaded (Ray runs one method at a time unless
 max_concurrency is raised, which this class does not support), and ``generate`` / ``generate_stream``
@@ -37,8 +39,10 @@ from pathlib import Path
 
 import torch
 
+from algo.seeding import derive_seed
 from algo.segment import byte_level_token_bytes, split_steps
 from algo.trajectory import PromptRequest, Trajectory
+from learner.engine import redirect_output
 
 _EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 _FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's finish_reason -> Trajectory's
@@ -106,7 +110,9 @@ class GeneratorWorker:
 
     def __init__(self, model_dir: str, *, seed: int = 0, dtype: str = "float32", max_model_len: int = 512,
                  kv_cache_gb: float = 1.0, step_delimiter: str = "\n", enforce_eager: bool = True,
-                 gpu_memory_utilization: float = 0.5, threads: int = 1, replica: int = 0):
+                 gpu_memory_utilization: float = 0.5, threads: int = 1, replica: int = 0,
+                 trust_remote_code: bool = False, log_file: str | None = None):
+        redirect_output(log_file)
         if not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"model_dir={model_dir!r} has no config.json")
         if threads < 1:
@@ -131,7 +137,7 @@ class GeneratorWorker:
         start = time.perf_counter()
         self._llm = LLM(model=model_dir, dtype=dtype, seed=seed + replica, max_model_len=max_model_len,
                         enforce_eager=enforce_eager, logprobs_mode="raw_logprobs",
-                        worker_extension_cls=_EXTENSION, **memory)
+                        worker_extension_cls=_EXTENSION, trust_remote_code=trust_remote_code, **memory)
         self.engine_start_s = time.perf_counter() - start
         self._tokenizer = self._llm.get_tokenizer()  # the engine's own: prompt ids match vLLM's
         vocab = self._llm.llm_engine.model_config.get_vocab_size()
@@ -140,7 +146,7 @@ class GeneratorWorker:
     # ----------------------------------------------------------------------------- sampling
     def generate(self, requests: list[PromptRequest], *, n: int, temperature: float, top_p: float = 1.0,
                  max_tokens: int, stop: list[str] | None = None, seed: int | None = None) -> list[Trajectory]:
-        """n trajectories per request, ordered by request then sample index."""
+        """n trajectories per request (or its `samples`), ordered by request then sample index."""
         order = {(r.group_id, r.prompt_id): k for k, r in enumerate(requests)}
         out = list(self.generate_stream(requests, n=n, temperature=temperature, top_p=top_p,
                                         max_tokens=max_tokens, stop=stop, seed=seed))
@@ -177,9 +183,9 @@ class GeneratorWorker:
         try:
             for k, req in enumerate(requests):
                 prompt = tokens_input(self._tokenizer.encode(req.text), prompt=req.text)  # tokenized once
-                for i in range(n):
+                for i in (range(n) if req.samples is None else req.samples):
                     params = base.clone()
-                    params.seed = None if seed is None else seed + k * n + i
+                    params.seed = None if seed is None else derive_seed(seed, req.group_id, i)
                     rid = f"c{self._calls}-{k}-{i}"
                     try:
                         engine.add_request(rid, prompt, params)
@@ -293,3 +299,6 @@ def _check_sampling(requests: Sequence[PromptRequest], n: int, temperature: floa
     dupes = sorted(k for k, c in counts.items() if c > 1)
     if dupes:
         raise ValueError(f"requests repeat (group_id, prompt_id) {dupes}: ask for more samples with n")
+    for r in requests:
+        if r.samples is not None and (len(set(r.samples)) != len(r.samples) or not all(0 <= i < n for i in r.samples)):
+            raise ValueError(f"prompt_id={r.prompt_id!r}: samples {r.samples} must be distinct indices in [0, {n})")

@@ -9,6 +9,7 @@ the error in info["reward_error"], and the driver masks and counts it.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable
 
@@ -25,10 +26,13 @@ OutcomeSource = Callable[[Trajectory, list[str]], float]
 class RewardWorker:
     def __init__(self, *, tokenizer_dir: str, sources: list[dict], meaning: str, transform: str,
                  transform_params: dict, task_kind: str, modulus: int = 10, step_delimiter: str = "\n",
-                 threads: int = 1):
-        torch.set_num_threads(threads)
+                 threads: int = 1, trust_remote_code: bool = False, log_file: str | None = None):
+        from learner.engine import redirect_output, set_threads
+        redirect_output(log_file)
+        set_threads(threads)
         from transformers import AutoTokenizer
-        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.trust_remote_code = trust_remote_code
+        self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
         self.meaning, self.transform, self.transform_params = meaning, transform, dict(transform_params)
         self.task_kind, self.modulus, self.delimiter = task_kind, modulus, step_delimiter
         self.step_sources: list[tuple[str, float, StepSource]] = []
@@ -42,12 +46,14 @@ class RewardWorker:
     # ------------------------------------------------------------------------------------------ api --
     def score(self, traj: Trajectory) -> Trajectory:
         t0 = time.time()
-        step_texts = [self.tokenizer.decode(traj.response_ids[s:e], skip_special_tokens=True)
-                      for s, e in traj.step_spans]
         try:
+            # Decoding is inside the try: ids the tokenizer cannot decode mask the sample. Pieces of a
+            # multi-byte character decode to U+FFFD, which the sources see as ordinary (wrong) text.
+            step_texts = [self.tokenizer.decode(traj.response_ids[s:e], skip_special_tokens=True)
+                          for s, e in traj.step_spans]
             traj.info.update(self._oracle_labels(traj, step_texts))
             traj.step_rewards = self._combine_steps(traj, step_texts)
-            traj.outcome_reward = sum(w * fn(traj, step_texts) for _, w, fn in self.outcome_sources)
+            traj.outcome_reward = self._combine_outcomes(traj, step_texts)
         except Exception as e:  # noqa: BLE001 - any source failure masks the sample, it never becomes a number
             traj.reward_valid = False
             traj.step_rewards = [0.0] * traj.num_steps
@@ -68,13 +74,22 @@ class RewardWorker:
         total = torch.zeros(k, dtype=torch.float64)
         weight = sum(w for _, w, _ in self.step_sources)
         for name, w, fn in self.step_sources:
-            scores = fn(traj, step_texts)
-            if len(scores) != k:
-                raise ValueError(f"reward source {name!r} gave {len(scores)} scores for {k} steps")
-            total += w * torch.tensor(scores, dtype=torch.float64)
+            total += w * torch.tensor(checked_probabilities(name, fn(traj, step_texts), k), dtype=torch.float64)
         probs = (total / weight).float().unsqueeze(0)
         out = apply_reward_transform(self.transform, probs, torch.ones_like(probs), **self.transform_params)
+        if not bool(torch.isfinite(out).all()):  # e.g. a transform parameter (log_z) that is itself inf
+            raise ValueError(f"reward transform {self.transform!r} gave non-finite step rewards {out.tolist()}")
         return out.squeeze(0).tolist()
+
+    def _combine_outcomes(self, traj: Trajectory, step_texts: list[str]) -> float:
+        total = 0.0
+        for name, w, fn in self.outcome_sources:
+            raw = fn(traj, step_texts)
+            value = _number(raw)
+            if not math.isfinite(value):  # a non-finite outcome would turn its whole group's advantages NaN
+                raise ValueError(f"reward source {name!r}: outcome {raw!r} is not a finite number")
+            total += w * value
+        return total
 
     def _oracle_labels(self, traj: Trajectory, step_texts: list[str]) -> dict:
         """Oracle labels per step span (arithmetic tasks only), kept in info for metrics."""
@@ -106,14 +121,42 @@ class RewardWorker:
     def _prm_source(self, path):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
         from tasks.models import prm_step_scores
-        model = AutoModelForTokenClassification.from_pretrained(path).eval()
-        tok = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForTokenClassification.from_pretrained(
+            path, trust_remote_code=self.trust_remote_code).eval()
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
 
         def prm(traj, step_texts):
             steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
             with torch.no_grad():
                 return list(prm_step_scores(model, tok, traj.prompt_text, steps, self.delimiter))
         return "step", prm
+
+
+def checked_probabilities(name: str, scores, k: int) -> list[float]:
+    """A step source's scores as k floats in [0, 1]; ValueError naming the source, step and value otherwise.
+
+    Step sources return probabilities: NaN, inf or a value outside [0, 1] is a broken source (e.g. a PRM
+    with NaN weights), and turning it into a reward would poison every advantage of its group."""
+    scores = list(scores)
+    if len(scores) != k:
+        raise ValueError(f"reward source {name!r} gave {len(scores)} scores for {k} steps")
+    out = []
+    for i, s in enumerate(scores):
+        p = _number(s)
+        if not 0.0 <= p <= 1.0:  # NaN (and so any non-number) fails every comparison
+            raise ValueError(f"reward source {name!r} step {i}: score {s!r} is not a probability in [0, 1]")
+        out.append(p)
+    return out
+
+
+def _number(x) -> float:
+    """float(x) for numbers (Python, numpy, 0-d tensors); NaN for anything else, so callers reject it."""
+    if isinstance(x, (str, bytes)):
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError, OverflowError):
+        return math.nan
 
 
 def span_lines(step_texts: list[str], delimiter: str) -> list[int]:

@@ -22,17 +22,81 @@ lists the shared tensor under the embedding only, so the ``lm_head`` kept sampli
 weights. After every reload we therefore repack each module that kept its weight beside a packed
 copy, and the read-back checks such copies against their weight (a mismatch is an error).
 
+Reload warnings. vLLM's layerwise reload (vllm/model_executor/model_loader/reload/layerwise.py,
+``finalize_layerwise_processing``) warns ``<Class>: Failed to load weights`` for every module that has
+loadable tensors (parameters *or buffers*) but received none, and then puts its old tensors back.
+Two such modules are expected here:
+
+* ``ParallelLMHead`` of a tied model: the HF model's ``named_parameters()`` holds the shared tensor
+  once, as ``model.embed_tokens.weight``, so vLLM's ``lm_head`` gets nothing and is not reprocessed
+  (that is the stale packed copy above). We fix this at the source: the reload also sends each tied
+  alias (here ``lm_head.weight``) with its owner's tensor, so vLLM loads and repacks the lm_head itself
+  and the warning does not fire. The repack below stays as a safety net (a model whose ``load_weights``
+  skips ``lm_head.`` would still warn, truthfully, and still be repacked).
+* ``RotaryEmbedding``: it has no weights, only the non-persistent ``cos_sin_cache`` buffer computed
+  from the config, which vLLM counts as loadable. The buffer is put back untouched, so the warning is
+  noise; vLLM has no supported way to mark a module as intentionally unloaded, so
+  ``install_reload_log_filter`` drops exactly that one message (exact class name: a rotary subclass
+  with learnable weights, e.g. FourierRotaryEmbedding, still warns).
+
 The method names carry a ``steprl_`` prefix because vLLM refuses an extension whose attribute names
 clash with the worker's own.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
 
 _PROBE_ROWS = 1024  # identity rows per kernel call: bounds the probe's memory for wide layers
+
+# The logger of vllm/model_executor/model_loader/reload/layerwise.py (vLLM's init_logger(__name__)).
+_RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+_FAILED_LOAD_MSG = "%s: Failed to load weights"
+# Modules whose "Failed to load weights" is expected: no learnable tensor, only a buffer computed from
+# the config (cos_sin_cache) that the reload restores unchanged. Exact class names, never a pattern.
+_WEIGHTLESS_MODULES = frozenset({"RotaryEmbedding"})
+
+
+class _WeightlessModuleReloadFilter(logging.Filter):
+    """Drops vLLM's "Failed to load weights" warning for the modules in _WEIGHTLESS_MODULES only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (record.msg == _FAILED_LOAD_MSG and len(args) == 1 and args[0] in _WEIGHTLESS_MODULES)
+
+
+def install_reload_log_filter() -> None:
+    """Silence the benign RotaryEmbedding reload warning (see the module docstring); idempotent.
+
+    Called by steprl_reload_weights, i.e. in the process that runs the engine. Filters survive vLLM's
+    logging dictConfig (it resets handlers of existing vllm.* loggers, not their filters), and vLLM need
+    not be imported first: the logger is looked up by name.
+    """
+    logger = logging.getLogger(_RELOAD_LOGGER)
+    if not any(isinstance(f, _WeightlessModuleReloadFilter) for f in logger.filters):
+        logger.addFilter(_WeightlessModuleReloadFilter())
+
+
+def _with_tied_aliases(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]
+                       ) -> list[tuple[str, torch.Tensor]]:
+    """weights plus (alias, tensor) for each parameter name that shares its Parameter with a sent name.
+
+    A tied lm_head is the case: the HF weights hold the shared tensor once (model.embed_tokens.weight),
+    so without its alias vLLM would neither load nor reprocess lm_head (see the module docstring).
+    """
+    sent = {name: tensor for name, tensor in weights}
+    names_of: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        names_of.setdefault(id(param), []).append(name)
+    extra = []
+    for names in names_of.values():
+        owners = [n for n in names if n in sent]
+        if len(names) > 1 and owners:
+            extra.extend((alias, sent[owners[0]]) for alias in names if alias not in sent)
+    return list(weights) + extra
 
 
 def _probe_packed_weight(module: torch.nn.Module, in_features: int, out_features: int,
@@ -105,8 +169,10 @@ class WeightSyncExtension:
 
     def steprl_reload_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named full weights into the running model (fusing, padding and repacking included)."""
-        self.model_runner.reload_weights(weights_iterator=iter(weights))
-        for _, module in _kept_weight_modules(self.model_runner.get_model()):
+        install_reload_log_filter()
+        model = self.model_runner.get_model()
+        self.model_runner.reload_weights(weights_iterator=iter(_with_tied_aliases(model, weights)))
+        for _, module in _kept_weight_modules(model):
             module.quant_method.process_weights_after_loading(module)  # refresh the packed copy
 
     def steprl_named_weights(self) -> list[tuple[str, torch.Tensor]]:

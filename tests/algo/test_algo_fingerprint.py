@@ -30,3 +30,16 @@ def test_detects_changes():
     bf = weights_fingerprint([("w", w.bfloat16())])
     assert not fingerprints_match(base, bf)
     assert fingerprints_match(base, bf, rtol=2e-2)
+
+
+def test_rel_diff_hand_numbers():
+    from algo.fingerprint import fingerprint_rel_diff
+    a = {"sum": 2.0, "sumsq": 14.0, "abs_sum": 6.0, "numel": 3}
+    b = {"sum": 2.06, "sumsq": 14.0, "abs_sum": 6.0, "numel": 3}
+    # |2.06 - 2| / max(abs_sum) = 0.06 / 6 = 0.01; sumsq and abs_sum agree
+    assert abs(fingerprint_rel_diff(a, b) - 0.01) < 1e-12
+    c = {**a, "sumsq": 14.7}
+    # |14.7 - 14| / 14.7 = 0.0476...
+    assert abs(fingerprint_rel_diff(a, c) - 0.7 / 14.7) < 1e-12
+    assert fingerprint_rel_diff(a, {**a, "numel": 4}) == float("inf")
+    assert fingerprint_rel_diff(a, a) == 0.0

@@ -44,6 +44,22 @@ def test_bad_problem_row_names_file_line_and_field(tmp_path, line, message):
     assert (len(problems), skipped) == (1, 1)
 
 
+def test_problem_remembers_its_file_and_line(tmp_path):
+    f = _write(tmp_path / "src.jsonl", ["", json.dumps({"prompt": "q", "answer": "1"})])
+    problems, _ = load_jsonl_problems(f)
+    assert problems[0].source == f"{f}:2"
+    assert problems[0] == TextProblem(problems[0].prompt_id, "q", "1")  # source is not part of equality
+
+
+def test_non_utf8_line_is_a_bad_row_not_a_crash(tmp_path):
+    f = tmp_path / "latin1.jsonl"
+    f.write_bytes(b'{"prompt": "ok", "answer": "1"}\n{"prompt": "caf\xe9", "answer": "1"}\n')
+    with pytest.raises(DatasetError, match=r"latin1.jsonl:2: line is not valid UTF-8 \(byte 0xe9 at column 16\)"):
+        load_jsonl_problems(f)
+    problems, skipped = load_jsonl_problems(f, skip_bad=True)
+    assert (len(problems), skipped) == (1, 1)
+
+
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
         load_jsonl_problems(tmp_path / "nope.jsonl", skip_bad=True)
@@ -66,6 +82,9 @@ def test_step_data_round_trip(tmp_path):
     ({"prompt": "q", "steps": ["a"], "labels": ["good"]}, r"field 'labels\[0\]' must be a number"),
     ({"prompt": "q", "steps": "a", "labels": [1]}, "field 'steps' must be list"),
     ({"steps": ["a"], "labels": [1]}, "missing field 'prompt'"),
+    ({"prompt": "q", "steps": ["a"], "labels": [float("nan")]}, r"field 'labels\[0\]' must be a finite number"),
+    ({"prompt": "q", "steps": ["a"], "labels": [10 ** 400]}, r"field 'labels\[0\]' must be a finite number"),
+    ({"prompt": "q", "steps": ["a\ud800"], "labels": [1]}, r"field 'steps\[0\]' holds a lone surrogate"),
 ])
 def test_bad_step_rows(tmp_path, row, message):
     f = _write(tmp_path / "s.jsonl", [json.dumps(row), json.dumps({"prompt": "q", "steps": ["a"], "labels": [0]})])

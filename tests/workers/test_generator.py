@@ -24,7 +24,7 @@ WHITESPACE = " \t\r\n\x0b\x0c"  # the bytes algo.segment treats as content-free
 
 
 def chain_text(rng: random.Random) -> tuple[str, str]:
-    """A prompt like '1+5-8+4=' and its local-format solution, mod 10 (DESIGN.md section 6)."""
+    """A prompt like '1+5-8+4=' and its local-format solution, mod 10 (the format of tasks/arithmetic.py)."""
     nums = [rng.randrange(10) for _ in range(rng.randint(3, 4))]
     ops = [rng.choice("+-") for _ in nums[1:]]
     prompt = str(nums[0]) + "".join(o + str(b) for o, b in zip(ops, nums[1:])) + "="
@@ -180,6 +180,22 @@ def test_stream_yields_every_trajectory_and_matches_generate(worker, policy):
     assert len(streamed) == 9
     key = lambda t: (t.uid, tuple(t.response_ids))  # noqa: E731
     assert sorted(map(key, streamed)) == sorted(map(key, batched))  # same call seed: same samples
+
+
+def test_a_reissued_sample_is_the_sample_it_replaces(worker, policy):
+    """Seeds hash (call seed, group_id, sample index): asking for samples 1 and 3 alone, in another call
+    with other neighbours (as after a replica died), draws exactly those samples of the full call."""
+    reqs = requests_for(policy[3][:2])
+    args = dict(n=4, temperature=1.0, max_tokens=24, seed=11)
+    full = {(t.group_id, t.info["sample"]): t.response_ids for t in worker.generate(reqs, **args)}
+    subset = [PromptRequest(r.prompt_id, r.group_id, r.text, r.reference, samples=(1, 3)) for r in reqs]
+    again = worker.generate(subset, **args)
+    assert sorted((t.group_id, t.info["sample"]) for t in again) == [(100, 1), (100, 3), (101, 1), (101, 3)]
+    assert all(t.response_ids == full[(t.group_id, t.info["sample"])] for t in again)
+    seeds = {tuple(full[(100, i)]) for i in range(4)}
+    assert len(seeds) > 1  # the samples of one prompt are not copies of each other
+    with pytest.raises(ValueError, match="samples"):
+        worker.generate([PromptRequest("p", 0, reqs[0].text, samples=(4,))], **args)
 
 
 def test_abandoned_stream_blocks_weight_swap_and_leaves_engine_clean(worker, policy):

@@ -1,0 +1,162 @@
+"""The generator replicas as one pool that survives a dead replica.
+
+A replica that dies (its process killed, its node lost) is replaced by a new actor in the same placement
+bundle; the new actor loads the current weight version (and its checksum is compared) before it serves,
+and the samples the dead replica still owed are re-issued to it. Every sample is keyed by (group_id,
+sample index): the pool yields each requested key exactly once, so nothing is lost or counted twice.
+A sample's seed depends only on its key (workers/generator.py), so a re-issued sample is drawn with the
+seed it would have had; its tokens can still differ in the last bits of the log-probs because it is
+batched with other requests on the new replica.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import ray
+
+from algo.fingerprint import fingerprint_rel_diff
+from algo.trajectory import PromptRequest, Trajectory
+from orchestrator.runtime import RoleError, get
+
+Key = tuple[int, int]  # (group_id, sample index)
+
+
+@dataclass
+class Published:
+    """The newest weights the generators must hold: version, weights ObjectRef, learner fingerprint."""
+
+    version: int
+    weights_ref: object
+    fingerprint: dict
+
+
+class GeneratorPool:
+    """Replicas of GeneratorWorker; `make(i)` creates the actor of replica i (in its placement bundle)."""
+
+    def __init__(self, make: Callable[[int], object], count: int, *, max_restarts: int, timeout_s: float):
+        self.make, self.max_restarts, self.timeout_s = make, max_restarts, timeout_s
+        self.actors = [make(i) for i in range(count)]
+        self.published: Published | None = None
+        self.restarts = 0   # replicas replaced so far
+        self.reissued = 0   # samples re-issued after their replica died
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def wait_ready(self) -> None:
+        get([a.__ray_ready__.remote() for a in self.actors], "generator", "__init__", self.timeout_s)
+
+    # ------------------------------------------------------------------------------------ weights --
+    def load_weights(self, published: Published) -> dict:
+        """Every replica loads `published`; a replica found dead is replaced (and so loads it too)."""
+        self.published = published
+        refs = [a.load_weights.remote(published.version, published.weights_ref) for a in self.actors]
+        results = []
+        for i, ref in enumerate(refs):
+            try:
+                results.append(get_alive(ref, "load_weights", self.timeout_s))
+            except ActorGone as e:
+                results.append(self.replace(i, e))
+        return {"sync/load_s": max(r["load_s"] for r in results),
+                "sync/fingerprint_rel_diff": max(self._check(i, r) for i, r in enumerate(results))}
+
+    def _check(self, i: int, loaded: dict) -> float:
+        diff = fingerprint_rel_diff(loaded["fingerprint"], self.published.fingerprint)
+        if diff > 1e-6:
+            raise RoleError(f"generator {i} weight checksum {loaded['fingerprint']} != learner "
+                            f"{self.published.fingerprint} after loading version {self.published.version}")
+        return diff
+
+    def replace(self, i: int, cause: Exception) -> dict:
+        """A new actor for replica i, holding the published weights; returns its load_weights result."""
+        self.restarts += 1
+        if self.restarts > self.max_restarts:
+            raise RoleError(f"generator {i} died and train.max_actor_restarts={self.max_restarts} replacements "
+                            f"are used up: {cause}")
+        ray.kill(self.actors[i], no_restart=True)
+        self.actors[i] = actor = self.make(i)
+        get(actor.__ray_ready__.remote(), "generator", f"__init__ (replacement of replica {i})", self.timeout_s)
+        if self.published is None:
+            return {"load_s": 0.0, "fingerprint": None}
+        p = self.published
+        loaded = get(actor.load_weights.remote(p.version, p.weights_ref), "generator", "load_weights",
+                     self.timeout_s)
+        self._check(i, loaded)
+        return loaded
+
+    # ---------------------------------------------------------------------------------- sampling --
+    def stream(self, requests: list[PromptRequest], sampling: dict) -> Iterator[tuple[object, Trajectory]]:
+        """(ObjectRef, trajectory) of each of the n samples of every request, exactly once, in finishing
+        order. Requests go round-robin to the replicas; a dead replica's unfinished samples are re-issued
+        to its replacement. The deadline (timeout_s) covers the whole call."""
+        n = sampling["n"]
+        wanted = {(r.group_id, i) for r in requests for i in range(n)}
+        by_group = {r.group_id: r for r in requests}
+        got: set[Key] = set()
+        active: dict = {}  # stream -> (replica, keys it owes)
+        for i in range(len(self.actors)):
+            chunk = requests[i::len(self.actors)]
+            if chunk:
+                active[self._start(i, chunk, sampling)] = (i, {(r.group_id, s) for r in chunk for s in range(n)})
+        deadline = time.monotonic() + self.timeout_s
+        while active:
+            ready, _ = ray.wait(list(active), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+            if not ready:
+                raise RoleError(f"generator.generate_stream produced nothing for {self.timeout_s:.0f} s "
+                                "(train.timeout_s)")
+            stream = ready[0]
+            i, owed = active.pop(stream)
+            try:
+                ref = next(stream)
+                traj = get_alive(ref, "generate_stream", max(1.0, deadline - time.monotonic()))
+            except StopIteration:
+                if owed - got:
+                    raise RoleError(f"generator {i} ended its stream owing {len(owed - got)} samples") from None
+                continue
+            except (ActorGone, ray.exceptions.RayActorError) as e:  # next() itself may raise it
+                missing = sorted(owed - got)
+                self.replace(i, e)
+                self.reissued += len(missing)
+                reissue = [_subset(by_group[g], [s for gg, s in missing if gg == g])
+                           for g in sorted({g for g, _ in missing})]
+                if reissue:
+                    active[self._start(i, reissue, sampling)] = (i, set(missing))
+                continue
+            key = (traj.group_id, traj.info["sample"])
+            if key not in wanted or key in got:
+                raise RoleError(f"generator {i} returned sample {key} twice or unasked")
+            got.add(key)
+            active[stream] = (i, owed)
+            yield ref, traj
+        if got != wanted:
+            raise RoleError(f"generators returned {len(got)} of {len(wanted)} samples")
+
+    def _start(self, i: int, requests: list[PromptRequest], sampling: dict):
+        return self.actors[i].generate_stream.options(num_returns="streaming").remote(requests, **sampling)
+
+    def shutdown(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+class ActorGone(RuntimeError):
+    """The actor's process is gone (killed, crashed, node lost): the call can be re-issued elsewhere."""
+
+
+def get_alive(ref, what: str, timeout_s: float):
+    """ray.get that tells a dead actor (ActorGone) apart from a call that failed (RoleError)."""
+    try:
+        return ray.get(ref, timeout=timeout_s)
+    except ray.exceptions.RayActorError as e:
+        raise ActorGone(f"generator.{what}: {e}") from e
+    except ray.exceptions.GetTimeoutError:
+        raise RoleError(f"generator.{what} did not answer within {timeout_s:.0f} s (train.timeout_s)") from None
+    except ray.exceptions.RayError as e:
+        raise RoleError(f"generator.{what} failed: {e}") from e
+
+
+def _subset(req: PromptRequest, samples: list[int]) -> PromptRequest:
+    return PromptRequest(req.prompt_id, req.group_id, req.text, req.reference, samples=tuple(samples))

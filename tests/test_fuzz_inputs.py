@@ -1,0 +1,455 @@
+"""Fuzz of every input the run takes from outside: JSONL rows, prompt lengths, sampled responses, PRM scores.
+
+Each bad input must be a clear error (naming file:line and field) or a masked, counted sample; never a
+crash mid-run or a NaN in the advantages / loss. Inputs come from seeded generators, and every expected
+count is computed from what the generator made, not written down by hand.
+"""
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from algo.advantages import ESTIMATORS, AdvantageInputs, compute_advantages
+from algo.batch import collate, shift_logprobs
+from algo.losses import AGGREGATORS, policy_loss, value_loss
+from algo.segment import byte_level_token_bytes, split_steps
+from algo.trajectory import Trajectory
+from orchestrator.data import make_task
+from tasks.arithmetic import ArithmeticTask, prompt_text, solution_text
+from tasks.datasets import DatasetError, load_jsonl_problems, read_step_jsonl
+
+BASE_POLICY = str(Path(__file__).resolve().parents[1] / "tasks" / "assets" / "base_policy")
+N_BAD_ROWS = 1000
+N_TRAJECTORIES = 1000
+
+
+# ============================================================== JSONL rows
+
+WORDS = ["Tom", "has", "3", "apples", "déjà", "vu", "数学", "问题", "🙂", "x^2", "\\frac{1}{2}", "ß", "?",
+         "\t"]
+
+
+def _text(rng: random.Random, n_max: int = 12) -> str:
+    """Some words; the first is never whitespace, so the text is never blank."""
+    return " ".join([rng.choice(WORDS[:-2])] + [rng.choice(WORDS) for _ in range(rng.randint(0, n_max))])
+
+
+def _good_row(rng: random.Random) -> dict:
+    """A valid row: unicode prompt, str / int / float answer, sometimes an id or extra fields."""
+    row = {"prompt": _text(rng), "answer": rng.choice([str(rng.randint(0, 99)), rng.randint(-5, 5), 0.25])}
+    if rng.random() < 0.3:
+        row["id"] = rng.choice([rng.randint(0, 10 ** 6), f"q-{rng.randint(0, 999)}", None])
+    if rng.random() < 0.2:
+        row["source"] = {"split": "train", "tags": [1, 2]}
+    return row
+
+
+def _good_line(rng: random.Random) -> tuple[bytes, dict]:
+    row = _good_row(rng)
+    if rng.random() < 0.05:
+        row["prompt"] = "long " * rng.randint(20_000, 60_000)  # huge but valid (prompt length is a later check)
+    line = json.dumps(row, ensure_ascii=rng.random() < 0.5).encode()
+    if rng.random() < 0.2:
+        line += b"\r"  # CRLF file
+    if rng.random() < 0.1:
+        line = b"  " + line + b"\t"
+    return line, row
+
+
+def _dumps(row) -> bytes:
+    return json.dumps(row, ensure_ascii=False).encode()
+
+
+def _with(rng, **fields) -> dict:
+    row = _good_row(rng)
+    row.update(fields)
+    return row
+
+
+def _without(rng, key: str) -> dict:
+    row = _good_row(rng)
+    del row[key]
+    return row
+
+
+def _truncated(rng):
+    line = json.dumps(_good_row(rng), ensure_ascii=False)  # cut the text, not the bytes (that is non-UTF-8)
+    return line[: rng.randint(1, len(line) - 1)].encode()
+
+
+def _non_utf8(rng):
+    line = _dumps(_good_row(rng))
+    cut = line.index(b'"prompt": "') + len(b'"prompt": "')
+    bad = rng.choice([b"\xff", b"\xc3", b"\xe9t\xe9", b"\xed\xa0\x80", b"\xf0\x9f\x99", b"\x80\x80"])
+    return line[:cut] + bad + line[cut:]
+
+
+def _nul(rng):
+    line = _dumps(_good_row(rng))
+    cut = rng.choice([line.index(b'"prompt": "') + len(b'"prompt": "'), 0, len(line)])
+    return line[:cut] + b"\x00" + line[cut:]
+
+
+def _duplicate(rng, key):
+    row = _good_row(rng)
+    body = _dumps(row)[1:-1]
+    return b"{" + body + b", " + _dumps({key: row[key]})[1:-1] + b"}"
+
+
+def _deep(rng):
+    depth = rng.randint(50_000, 200_000)
+    return b'{"prompt": ' + b"[" * depth + b"]" * depth + b', "answer": "1"}'
+
+
+def _huge_bad(rng):
+    row = _good_row(rng)
+    row["prompt"] = "x" * rng.randint(200_000, 1_000_000)
+    del row["answer"]
+    return _dumps(row)
+
+
+# (kind, line maker, fragment the error must contain after "path:line: ")
+BAD_KINDS = [
+    ("not json", lambda r: r.choice([b"hello world", b"prompt: 1+1, answer: 2", b"{'prompt': 'q', 'answer': '1'}",
+                                     b"<html>", b"{prompt: q}", b"}"]), "invalid JSON"),
+    ("truncated", _truncated, "invalid JSON"),
+    ("trailing data", lambda r: _dumps(_good_row(r)) + r.choice([b" x", b" {}", b","]), "invalid JSON"),
+    ("two objects", lambda r: _dumps(_good_row(r)) + _dumps(_good_row(r)), "invalid JSON"),
+    ("not an object", lambda r: _dumps(r.choice([["q", "1"], 3, "q", None, True, 2.5, []])),
+     "row must be a JSON object"),
+    ("no prompt", lambda r: _dumps(_without(r, "prompt")), "missing field 'prompt'"),
+    ("no answer", lambda r: _dumps(_without(r, "answer")), "missing field 'answer'"),
+    ("key case", lambda r: _dumps({"Prompt": "q", "answer": "1"}), "missing field 'prompt'"),
+    ("prompt type", lambda r: _dumps(_with(r, prompt=r.choice([5, 1.5, ["q"], None, True, False, {"t": "q"}]))),
+     "field 'prompt' must be str"),
+    ("answer type", lambda r: _dumps(_with(r, answer=r.choice([[1], None, True, {"v": 1}]))),
+     "field 'answer' must be str/int/float"),
+    ("id type", lambda r: _dumps(_with(r, id=r.choice([[1], {"a": 1}, True, 1.5]))), "field 'id' must be str/int"),
+    ("empty prompt", lambda r: _dumps(_with(r, prompt=r.choice(["", " ", "\n\t", "\u3000"]))),
+     "field 'prompt' is empty"),
+    ("empty answer", lambda r: _dumps(_with(r, answer=r.choice(["", "  "]))), "field 'answer' is empty"),
+    ("non-finite answer", lambda r: r.choice([b'{"prompt": "q", "answer": NaN}', b'{"prompt": "q", "answer": 1e999}',
+                                              b'{"prompt": "q", "answer": -Infinity}']),
+     "field 'answer' must be finite"),
+    ("lone surrogate", lambda r: r.choice([b'{"prompt": "a\\ud800b", "answer": "1"}',
+                                           b'{"prompt": "q", "answer": "\\udfff"}']), "holds a lone surrogate"),
+    ("huge int", lambda r: b'{"prompt": "q", "answer": ' + b"7" * r.randint(4_400, 9_000) + b"}", "invalid JSON"),
+    ("deep nesting", _deep, "invalid JSON"),
+    ("non-UTF-8", _non_utf8, "not valid UTF-8"),
+    ("BOM mid-file", lambda r: b"\xef\xbb\xbf" + _dumps(_good_row(r)), "invalid JSON"),
+    ("NUL byte", _nul, "invalid JSON"),
+    ("duplicate prompt", lambda r: _duplicate(r, "prompt"), "duplicate field 'prompt'"),
+    ("duplicate answer", lambda r: _duplicate(r, "answer"), "duplicate field 'answer'"),
+    ("huge bad line", _huge_bad, "missing field 'answer'"),
+]
+
+
+def fuzz_jsonl(seed: int = 0):
+    """Lines of a fuzz file: (line bytes, expected) with expected ("good", row), ("bad", kind, fragment) or
+    ("blank",). The first line is good (a BOM there would be legal); N_BAD_ROWS bad rows in all."""
+    rng = random.Random(seed)
+    first = {"prompt": "first", "answer": "1"}
+    lines = [(_dumps(first), ("good", first))]
+    for _ in range(N_BAD_ROWS):
+        for _ in range(rng.choice([0, 0, 1, 1, 2])):
+            line, row = _good_line(rng)
+            lines.append((line, ("good", row)))
+        if rng.random() < 0.1:
+            lines.append((rng.choice([b"", b"   ", b"\r", b"\t "]), ("blank",)))
+        kind, make, fragment = rng.choice(BAD_KINDS)
+        lines.append((make(rng), ("bad", kind, fragment)))
+    return lines
+
+
+def _write_lines(path: Path, lines: list[bytes]) -> Path:
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return path
+
+
+def _expected_problem(row: dict) -> tuple:
+    return row["prompt"], str(row["answer"]), None if row.get("id") is None else str(row["id"])
+
+
+@pytest.fixture(scope="module")
+def fuzz_lines():
+    return fuzz_jsonl(seed=0)
+
+
+def test_jsonl_fuzz_skip_bad_counts_exactly(tmp_path, fuzz_lines):
+    path = _write_lines(tmp_path / "fuzz.jsonl", [line for line, _ in fuzz_lines])
+    good = [exp[1] for _, exp in fuzz_lines if exp[0] == "good"]
+    n_bad = sum(exp[0] == "bad" for _, exp in fuzz_lines)
+    assert n_bad == N_BAD_ROWS
+    kinds = {exp[1] for _, exp in fuzz_lines if exp[0] == "bad"}
+    assert kinds == {k for k, _, _ in BAD_KINDS}  # every kind of damage is in the file
+
+    problems, skipped = load_jsonl_problems(path, skip_bad=True)
+    assert (len(problems), skipped) == (len(good), n_bad)
+    for p, row in zip(problems, good):
+        prompt, answer, pid = _expected_problem(row)
+        assert (p.prompt, p.answer) == (prompt, answer)
+        assert pid is None and p.prompt_id.startswith("js-") or p.prompt_id == pid
+    print(f"{len(fuzz_lines)} lines: {n_bad} bad rows skipped, {len(good)} good rows loaded")
+
+    # Without skip_bad the run stops at the first bad row, named by its 1-based line number.
+    first_bad = next(i for i, (_, exp) in enumerate(fuzz_lines, start=1) if exp[0] == "bad")
+    with pytest.raises(DatasetError, match=f"fuzz.jsonl:{first_bad}: "):
+        load_jsonl_problems(path, skip_bad=False)
+
+
+def test_jsonl_fuzz_every_bad_row_is_a_clear_error(tmp_path, fuzz_lines):
+    """Each bad row alone after a good row and a blank line: DatasetError naming path:3 and the field."""
+    good = _dumps({"prompt": "ok", "answer": "1", "steps": ["a"], "labels": [1]})  # good for both readers
+    checked = 0
+    for i, (line, exp) in enumerate(fuzz_lines):
+        if exp[0] != "bad":
+            continue
+        path = _write_lines(tmp_path / f"row{i}.jsonl", [good, b"", line])
+        with pytest.raises(DatasetError) as err:
+            load_jsonl_problems(path, skip_bad=False)
+        message = str(err.value)
+        assert message.startswith(f"{path}:3: "), (exp[1], message[:200])
+        assert exp[2] in message, (exp[1], message[:200])
+        assert len(message) < 400  # a 1 MB row is not echoed back
+        # the step reader gives the same clear error (its rows share the line parser)
+        with pytest.raises(DatasetError, match=f"row{i}.jsonl:3: "):
+            read_step_jsonl(path, skip_bad=False)
+        path.unlink()
+        checked += 1
+    assert checked == N_BAD_ROWS
+
+
+def test_jsonl_bom_at_file_start_is_accepted(tmp_path):
+    path = _write_lines(tmp_path / "bom.jsonl", [b"\xef\xbb\xbf" + _dumps({"prompt": "q", "answer": 1})])
+    problems, skipped = load_jsonl_problems(path)
+    assert (problems[0].prompt, problems[0].answer, skipped) == ("q", "1", 0)
+
+
+# ============================================================== overlong prompts
+
+def _cfg(tmp_path, train: Path, eval_: Path, skip: bool, max_model_len: int):
+    return OmegaConf.create({
+        "seed": 0,
+        "task": {"kind": "jsonl", "train_path": str(train), "eval_path": str(eval_), "skip_bad_rows": skip},
+        "model": {"policy": BASE_POLICY, "trust_remote_code": False},
+        "rollout": {"max_model_len": max_model_len},
+    })
+
+
+def test_overlong_prompts_error_or_skip(tmp_path):
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(BASE_POLICY)
+    max_model_len = 64
+    limit = max_model_len - 2  # longest prompt that leaves room to generate (see JsonlTask)
+    rng = random.Random(1)
+    # digits are single tokens with this tokenizer (Qwen2's split isolates them): n digits -> n tokens
+    lengths = [rng.choice([1, limit - 1, limit, limit + 1, max_model_len, 5 * max_model_len]) for _ in range(200)]
+    lengths[0] = 3  # line 1 fits
+    prompts = ["".join(rng.choice("0123456789") for _ in range(n)) for n in lengths]
+    assert [len(tok.encode(p)) for p in prompts] == lengths
+    train = _write_lines(tmp_path / "train.jsonl", [_dumps({"prompt": p, "answer": "1"}) for p in prompts])
+    eval_ = _write_lines(tmp_path / "eval.jsonl", [_dumps({"prompt": "1+1=", "answer": "2"})])
+
+    n_over = sum(n > limit for n in lengths)
+    assert n_over > 0
+    task = make_task(_cfg(tmp_path, train, eval_, True, max_model_len))
+    assert (len(task.train), task.train_overlong, task.train_skipped) == (len(lengths) - n_over, n_over, n_over)
+    assert [p.prompt for p in task.train] == [p for p, n in zip(prompts, lengths) if n <= limit]
+    assert (len(task.eval), task.eval_skipped) == (1, 0)
+
+    first = next(i for i, n in enumerate(lengths, start=1) if n > limit)
+    with pytest.raises(DatasetError) as err:
+        make_task(_cfg(tmp_path, train, eval_, False, max_model_len))
+    message = str(err.value)
+    assert message.startswith(f"{train}:{first}: field 'prompt' has {lengths[first - 1]} tokens")
+    assert f"rollout.max_model_len={max_model_len}" in message
+
+
+# ============================================================== rewards, batch, advantages, loss
+
+BAD_PRM = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf, "neg": -0.5, "big": 1.5}
+
+
+@pytest.fixture(scope="module")
+def tokenizer_bits():
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(BASE_POLICY)
+    token_bytes = byte_level_token_bytes(tok.convert_ids_to_tokens(list(range(len(tok)))), tok.all_special_ids)
+    return tok, token_bytes
+
+
+def _response(rng, kind, problem, tok, token_bytes) -> tuple[list[int], str]:
+    """Response token ids of one kind, and its finish_reason."""
+    gold = tok.encode(solution_text(problem)) + [tok.eos_token_id]
+    if kind == "empty":
+        return [], rng.choice(["stop", "length"])
+    if kind == "eos":
+        return [tok.eos_token_id], "stop"
+    if kind == "gold":
+        return gold, "stop"
+    if kind == "truncated":
+        return gold[: rng.randint(1, len(gold) - 1)], "length"
+    if kind == "random":
+        return [rng.randrange(len(tok)) for _ in range(rng.randint(1, 60))], rng.choice(["stop", "length"])
+    # "broken utf8": lone lead / continuation bytes of multi-byte characters spliced into a gold answer
+    high = [i for i, b in enumerate(token_bytes) if len(b) == 1 and b[0] >= 0x80]
+    ids = list(gold)
+    for _ in range(rng.randint(1, 4)):
+        ids.insert(rng.randint(0, len(ids)), rng.choice(high))
+    return ids, "stop"
+
+
+RESPONSE_KINDS = ["empty", "eos", "gold", "truncated", "random", "broken utf8"]
+
+
+def fuzz_trajectories(tok, token_bytes, seed: int = 0):
+    """N_TRAJECTORIES trajectories in groups of 1-6 (one prompt each), and the fake PRM's plan per uid."""
+    rng = random.Random(seed)
+    task = ArithmeticTask(min_steps=1, max_steps=5, seed=seed)
+    trajs, plan, group = [], {}, 0
+    while len(trajs) < N_TRAJECTORIES:
+        problem = task.sample(1)[0]
+        prompt = prompt_text(problem)
+        all_bad = group % 25 == 0  # some groups where every sample is masked
+        for i in range(min(rng.randint(1, 6), N_TRAJECTORIES - len(trajs))):
+            ids, finish = _response(rng, rng.choice(RESPONSE_KINDS), problem, tok, token_bytes)
+            uid = f"g{group}-{i}"
+            trajs.append(Trajectory(
+                uid=uid, prompt_id=problem.prompt_id, group_id=group, policy_version=0,
+                prompt_ids=tok.encode(prompt), response_ids=ids,
+                logprobs=[-rng.expovariate(0.5) for _ in ids], finish_reason=finish,
+                step_spans=split_steps(ids, token_bytes, "\n"), prompt_text=prompt,
+                response_text=tok.decode(ids, skip_special_tokens=True), reference=problem.answer))
+            bad = all_bad or rng.random() < 0.25
+            plan[uid] = rng.choice(sorted(BAD_PRM)) if bad else "valid"
+        group += 1
+    return trajs, plan
+
+
+def fake_prm(plan: dict, calls: dict):
+    """A step source that returns valid probabilities, or one bad value at a seeded step per the plan."""
+    def prm(traj, step_texts):
+        rng = random.Random(traj.uid)
+        scores = [rng.random() for _ in step_texts]
+        kind = plan[traj.uid]
+        if kind != "valid":
+            scores[rng.randrange(len(scores))] = BAD_PRM[kind]
+            calls["bad"] += 1
+        return scores
+    return prm
+
+
+def _finite(x: torch.Tensor) -> bool:
+    return bool(torch.isfinite(x).all())
+
+
+@pytest.fixture(scope="module")
+def scored(tokenizer_bits):
+    from workers.reward import RewardWorker
+    tok, token_bytes = tokenizer_bits
+    trajs, plan = fuzz_trajectories(tok, token_bytes)
+    worker = RewardWorker(tokenizer_dir=BASE_POLICY, sources=[{"name": "oracle"}, {"name": "outcome"}],
+                          meaning="step_correct", transform="identity", transform_params={},
+                          task_kind="arithmetic")
+    calls = {"bad": 0}
+    worker.step_sources.append(("fake_prm", 1.0, fake_prm(plan, calls)))
+    return [worker.score(t) for t in trajs], plan, calls, tok
+
+
+def test_reward_fuzz_masks_exactly_the_bad_prm_outputs(scored):
+    trajs, plan, calls, tok = scored
+    # a 0-step response never reaches a step source, so its planned bad value is never produced
+    expected_bad = sum(plan[t.uid] != "valid" and t.num_steps > 0 for t in trajs)
+    masked = [t for t in trajs if not t.reward_valid]
+    assert len(trajs) == N_TRAJECTORIES
+    assert len(masked) == expected_bad == calls["bad"]
+    n_empty = sum(t.num_steps == 0 for t in trajs)
+    n_broken = sum("\ufffd" in t.response_text for t in trajs)
+    print(f"{N_TRAJECTORIES} trajectories: {len(masked)} masked (bad PRM score), {n_empty} empty, "
+          f"{n_broken} with invalid UTF-8")
+    for t in masked:
+        error = t.info["reward_error"]
+        assert "fake_prm" in error and repr(BAD_PRM[plan[t.uid]]) in error, error
+        assert t.step_rewards == [0.0] * t.num_steps and t.outcome_reward == 0.0
+    for t in trajs:
+        assert all(math.isfinite(r) and 0.0 <= r <= 1.0 for r in t.step_rewards), t.uid
+        assert t.outcome_reward in (0.0, 1.0)
+        if t.num_steps == 0:  # an empty response is a valid, wrong answer
+            assert t.reward_valid and t.outcome_reward == 0.0 and t.step_rewards == []
+    # the fuzz does reach the cases it is about
+    assert n_empty > 0 and n_broken > 0
+    assert sum(t.finish_reason == "length" for t in trajs) > 0
+    assert any(t.outcome_reward == 1.0 for t in trajs)
+
+
+def _advantage_inputs(batch, with_token_rewards: bool, seed: int) -> AdvantageInputs:
+    B, T = batch["response_mask"].shape
+    g = torch.Generator().manual_seed(seed)
+    return AdvantageInputs(
+        mask=batch["response_mask"], step_index=batch["step_index"], step_rewards=batch["step_rewards"],
+        step_mask=batch["step_mask"], outcome=batch["outcome"], group_ids=batch["group_ids"],
+        values=torch.zeros(B, T),
+        token_rewards=(-0.01 * torch.rand(B, T, generator=g)) * batch["response_mask"] if with_token_rewards
+        else None,
+        sample_mask=batch["sample_valid"])
+
+
+@pytest.mark.parametrize("with_token_rewards", [False, True])
+def test_fuzz_batch_advantages_and_loss_are_finite(scored, with_token_rewards):
+    trajs, _, _, tok = scored
+    batch = collate(trajs, tok.pad_token_id)
+    valid = batch["sample_valid"]
+    assert int((valid == 0).sum()) == sum(not t.reward_valid for t in trajs)
+    logprobs = _random_logprobs(batch, seed=2)
+    for name in sorted(ESTIMATORS):
+        adv, ret = compute_advantages(name, _advantage_inputs(batch, with_token_rewards, seed=1))
+        assert _finite(adv), name
+        assert ret is None or _finite(ret), name
+        assert bool((adv[valid == 0] == 0).all()), f"{name}: masked samples must get zero advantages"
+        _check_losses(name, batch, adv, ret, logprobs)
+
+
+def _random_logprobs(batch, seed: int) -> torch.Tensor:
+    """Learner-side log-probs of the batch tokens under random logits (as shift_logprobs aligns them)."""
+    g = torch.Generator().manual_seed(seed)
+    ids = batch["input_ids"]
+    logprobs = shift_logprobs(4.0 * torch.randn(*ids.shape, 261, generator=g), ids)
+    assert _finite(logprobs)
+    return logprobs
+
+
+def _check_losses(name, batch, adv, ret, logprobs):
+    """PPO policy loss (every aggregation, with and without dual clip) and value loss; loss, stats and the
+    gradient w.r.t. the log-probs (what reaches the model) must be finite."""
+    mask = batch["response_mask"] * batch["sample_valid"][:, None]
+    lp = logprobs.detach().requires_grad_()
+    for agg in sorted(AGGREGATORS):
+        for dual in (None, 3.0):
+            loss, stats = policy_loss(lp, batch["behavior_logprobs"], adv, mask, batch["step_index"],
+                                      agg=agg, dual_clip=dual)
+            (grad,) = torch.autograd.grad(loss, lp)
+            assert _finite(loss) and _finite(grad), (name, agg, dual)
+            assert all(math.isfinite(v) for v in stats.values()), (name, agg, stats)
+    if ret is not None:
+        values = torch.randn(ret.shape, generator=torch.Generator().manual_seed(4)).requires_grad_()
+        vloss, vstats = value_loss(values, torch.zeros(ret.shape), ret, mask, batch["step_index"])
+        (vgrad,) = torch.autograd.grad(vloss, values)
+        assert _finite(vloss) and _finite(vgrad) and all(math.isfinite(v) for v in vstats.values()), name
+
+
+def test_all_masked_batch_is_finite(scored):
+    """A step where every sample is masked (a dead PRM) still gives finite, zero advantages and loss."""
+    trajs, _, _, tok = scored
+    batch = collate(trajs[:40], tok.pad_token_id)
+    batch["sample_valid"] = torch.zeros_like(batch["sample_valid"])
+    logprobs = _random_logprobs(batch, seed=5)
+    for name in sorted(ESTIMATORS):
+        adv, ret = compute_advantages(name, _advantage_inputs(batch, True, seed=3))
+        assert _finite(adv) and bool((adv == 0).all()), name
+        assert ret is None or _finite(ret), name
+        _check_losses(name, batch, adv, ret, logprobs)
