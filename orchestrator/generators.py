@@ -11,6 +11,7 @@ batched with other requests on the new replica.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from algo.trajectory import PromptRequest, Trajectory
 from orchestrator.runtime import RoleError, get
 
 Key = tuple[int, int]  # (group_id, sample index)
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -76,6 +78,8 @@ class GeneratorPool:
         if self.restarts > self.max_restarts:
             raise RoleError(f"generator {i} died and train.max_actor_restarts={self.max_restarts} replacements "
                             f"are used up: {cause}")
+        log.warning("generator %d died; starting a replacement (%d of train.max_actor_restarts=%d): %s",
+                    i, self.restarts, self.max_restarts, str(cause).splitlines()[0])
         ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = actor = self.make(i)
         get(actor.__ray_ready__.remote(), "generator", f"__init__ (replacement of replica {i})", self.timeout_s)
@@ -120,6 +124,7 @@ class GeneratorPool:
                 missing = sorted(owed - got)
                 self.replace(i, e)
                 self.reissued += len(missing)
+                log.warning("generator %d replaced; re-issuing the %d samples it still owed", i, len(missing))
                 reissue = [_subset(by_group[g], [s for gg, s in missing if gg == g])
                            for g in sorted({g for g, _ in missing})]
                 if reissue:
