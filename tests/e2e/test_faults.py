@@ -90,6 +90,8 @@ def test_dead_generator_reward_critic_reference_are_replaced(ray_local, tmp_path
     # The replacement loaded version 1 before serving: every step-2 sample was made by version 1.
     assert {s["policy_version"] for s in samples if s["step"] == 2} == {1}
     assert all(r["samples/masked"] == 0 for r in steps)
+    with open(os.path.join(run_dir, "logs", "critic.log")) as fh:   # the new critic took up the step-2 state
+        assert "critic restarted by Ray: restored" in fh.read()
 
 
 def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(ray_local, tmp_path, instrumented):
