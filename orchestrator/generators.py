@@ -45,9 +45,6 @@ class GeneratorPool:
         self.restarts = 0   # replicas replaced so far
         self.reissued = 0   # samples re-issued after their replica died
 
-    def __len__(self) -> int:
-        return len(self.actors)
-
     def wait_ready(self) -> None:
         get([a.__ray_ready__.remote() for a in self.actors], "generator", "__init__", self.timeout_s)
 

@@ -8,7 +8,6 @@ how bundles map to nodes. Every actor runs with `cluster.threads_per_actor` thre
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import dataclass, field
 from typing import Any
 
