@@ -15,6 +15,8 @@ from typing import Iterable
 import torch
 from torch import Tensor
 
+RTOL = 1e-6  # float64 sums of float32 weights: copies of one tensor agree far closer than this
+
 
 def weights_fingerprint(named_tensors: Iterable[tuple[str, Tensor]]) -> dict:
     """{"sum", "sumsq", "abs_sum": float64 totals over all elements, "numel": int}."""
@@ -39,6 +41,6 @@ def fingerprint_rel_diff(a: dict, b: dict) -> float:
     return max(diffs)
 
 
-def fingerprints_match(a: dict, b: dict, rtol: float = 1e-6) -> bool:
+def fingerprints_match(a: dict, b: dict, rtol: float = RTOL) -> bool:
     """Same numel, and every moment equal to rtol (see fingerprint_rel_diff)."""
     return fingerprint_rel_diff(a, b) <= rtol

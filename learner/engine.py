@@ -81,7 +81,15 @@ def load_rng(path: str) -> None:
     torch.set_rng_state(torch.tensor(data["torch"], dtype=torch.uint8))
 
 
-def set_determinism(on: bool) -> None:
+def prepare_process(threads: int, *, log_file: str | None = None, deterministic: bool = False) -> None:
+    """What every role's actor does first: output to its log file, `threads` BLAS/OMP threads, and
+    deterministic kernels if asked (before any model or engine is built)."""
+    _redirect_output(log_file)
+    _set_threads(threads)
+    _set_determinism(deterministic)
+
+
+def _set_determinism(on: bool) -> None:
     """Deterministic torch kernels (an op without one raises instead of silently varying). cuBLAS needs
     a fixed workspace for it, set before CUDA starts. Deterministic mode would also fill every new
     uninitialized tensor with NaN, a debugging aid that made the learner step 5x slower on CPU
@@ -92,7 +100,7 @@ def set_determinism(on: bool) -> None:
     torch.utils.deterministic.fill_uninitialized_memory = False
 
 
-def redirect_output(log_file: str | None) -> None:
+def _redirect_output(log_file: str | None) -> None:
     """Append this process's stdout and stderr (file descriptors 1 and 2, so C++ prints too) to log_file.
 
     vLLM, DeepSpeed and transformers print INFO lines that Ray forwards from every actor to the driver,
@@ -110,8 +118,9 @@ def redirect_output(log_file: str | None) -> None:
     os.close(fd)
 
 
-def set_threads(threads: int) -> None:
-    """One BLAS/OMP thread per process: two processes with two threads each ran ~6x slower here."""
+def _set_threads(threads: int) -> None:
+    """One BLAS/OMP thread per process: two processes with two threads each ran ~6x slower here. Called
+    before vLLM starts: its CPU worker then forbids torch.set_num_threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, Place
 from learner.batching import shard
 from learner.rank import LearnerRank
 
+
 class LearnerError(RuntimeError):
     """A learner rank died, failed or missed its deadline; the message names the rank and the call."""
 

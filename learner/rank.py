@@ -23,11 +23,26 @@ import torch
 
 from algo.batch import shift_logprobs
 from algo.fingerprint import weights_fingerprint
-from learner.batching import (all_reduce_sum, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
-                              select)
-from learner.engine import (SCHEDULES, accumulated_step, build_engine, init_distributed, load_engine_checkpoint,
-                            load_rng, redirect_output, save_engine_checkpoint, save_rng, set_determinism,
-                            set_threads)
+from learner.batching import (
+    all_reduce_sum,
+    batch_size,
+    check_rows,
+    forward_logits,
+    micro_slices,
+    minibatch_rows,
+    select,
+)
+from learner.engine import (
+    SCHEDULES,
+    accumulated_step,
+    build_engine,
+    init_distributed,
+    load_engine_checkpoint,
+    load_rng,
+    prepare_process,
+    save_engine_checkpoint,
+    save_rng,
+)
 from learner.objective import ObjectiveCoefs, check_policy_batch, loss_mask, micro_objective, units
 from learner.weights import BroadcastChannel, weights_summary
 
@@ -51,16 +66,13 @@ class LearnerRank:
                  trust_remote_code: bool = False, log_file: str | None = None):
         from transformers import AutoModelForCausalLM
 
-        redirect_output(log_file)
-
         if dtype not in ("float32", "bfloat16"):
             raise ValueError(f"learner dtype must be float32 or bfloat16, got {dtype!r}")
         if ppo_epochs < 1 or mini_batches < 1:
             raise ValueError(f"ppo_epochs ({ppo_epochs}) and mini_batches ({mini_batches}) must be >= 1")
         if schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
-        set_threads(threads)
-        set_determinism(deterministic)
+        prepare_process(threads, log_file=log_file, deterministic=deterministic)
         seed_everything(seed)
         self.rank, self.world_size, self.model_dir = rank, world_size, str(model_dir)
         self.micro_batch_size, self.ppo_epochs, self.mini_batches = micro_batch_size, ppo_epochs, mini_batches

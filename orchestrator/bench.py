@@ -41,8 +41,7 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
     started = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
     t_ray = time.time()
-    roles = start_roles(cfg, policy_dir, total_updates=max(1, cfg.train.steps),
-                        log_dir=os.path.join(os.path.abspath(run_dir), "logs"))
+    roles = start_roles(cfg, policy_dir, total_updates=max(1, cfg.train.steps), run_dir=run_dir)
     t_roles = time.time()
     steps, version = [], 0
     try:

@@ -60,21 +60,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # `steprl config` validates a recipe anywhere: the files it names live where it will run.
         cfg = load_config(args.config, overrides, check_files=args.command != "config")
-    except ConfigError as e:
-        print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
-        return 2
-    module, func, _ = COMMANDS[args.command]
-    try:
+        module, func, _ = COMMANDS[args.command]
         summary = getattr(importlib.import_module(module), func)(cfg, args)
-    except ConfigError as e:  # found when the command starts (e.g. a missing model directory)
+    except ConfigError as e:  # from validation, or found when the command starts (a missing model dir)
         print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
         return 2
     except Exception as e:
         if not _is_role_failure(e):
             raise
-        print(f"steprl {args.command}: {type(e).__name__}: {e}\nactor logs: "
-              f"{os.path.join(cfg.run_dir, 'logs')}; continue from the newest checkpoint with resume=true",
-              file=sys.stderr)
+        from orchestrator.rundir import logs_dir
+        print(f"steprl {args.command}: {type(e).__name__}: {e}\nactor logs: {logs_dir(cfg.run_dir)}; "
+              "continue from the newest checkpoint with resume=true", file=sys.stderr)
         return 1
     if summary:
         print(f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import ray
 
-from algo.fingerprint import fingerprint_rel_diff
+from algo.fingerprint import RTOL, fingerprint_rel_diff
 from algo.trajectory import PromptRequest, Trajectory
 from orchestrator.runtime import RoleError, get
 
@@ -64,7 +64,7 @@ class GeneratorPool:
 
     def _check(self, i: int, loaded: dict) -> float:
         diff = fingerprint_rel_diff(loaded["fingerprint"], self.published.fingerprint)
-        if diff > 1e-6:
+        if diff > RTOL:
             raise RoleError(f"generator {i} weight checksum {loaded['fingerprint']} != learner "
                             f"{self.published.fingerprint} after loading version {self.published.version}")
         return diff

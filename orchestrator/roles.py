@@ -10,7 +10,9 @@ import ray
 from omegaconf import DictConfig, OmegaConf
 
 from learner.group import LearnerGroup
+from orchestrator.checkpoint import checkpoint_root
 from orchestrator.generators import GeneratorPool
+from orchestrator.rundir import logs_dir
 from orchestrator.runtime import Placement, get, plan_bundles
 from orchestrator.validate import needs_critic
 from workers.critic import CriticWorker
@@ -28,7 +30,6 @@ class Roles:
     reference: Any | None
     placement: Placement
     pad_id: int
-    log_dir: str | None = None
 
     def shutdown(self) -> None:
         self.learner.shutdown()
@@ -39,10 +40,11 @@ class Roles:
         self.placement.remove()
 
 
-def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, log_dir: str | None = None,
-                checkpoint_dir: str | None = None) -> Roles:
-    """Every role's actors, ready. Actor output goes to log_dir/<role>-<i>.log; a Ray-restarted critic
-    reloads its newest checkpoint from checkpoint_dir."""
+def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: str | None = None) -> Roles:
+    """Every role's actors, ready. With run_dir, actor output goes to run_dir/logs/<role>-<i>.log and a
+    Ray-restarted critic reloads the run's newest critic checkpoint."""
+    log_dir = logs_dir(run_dir) if run_dir else None
+    checkpoint_dir = checkpoint_root(run_dir) if run_dir else None
     threads, timeout = cfg.cluster.threads_per_actor, cfg.train.timeout_s
     use_critic, use_ref = needs_critic(cfg), cfg.algo.kl_coef > 0
     counts = {"generator": cfg.rollout.num_generators, "reward": 1, "learner": cfg.learner.num_ranks,
@@ -55,7 +57,8 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, log_dir: s
         return os.path.join(log_dir, f"{name}.log") if log_dir else None
 
     def restartable(cls, role: str) -> Any:
-        """Stateless scorers: Ray re-creates a dead one in its bundle and re-runs its unfinished calls."""
+        """Ray re-creates a dead actor in its bundle and re-runs its unfinished calls (the reward and the
+        reference hold no state; the critic reloads its newest checkpoint)."""
         n = cfg.train.max_actor_restarts
         return ray.remote(cls).options(**placement.options(role), max_restarts=n, max_task_retries=n)
 
@@ -106,7 +109,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, log_dir: s
         if actor is not None:
             get(actor.__ray_ready__.remote(), role, "__init__", timeout)
     return Roles(generators, reward, learner, critic, reference, placement,
-                 tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code), log_dir)
+                 tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code))
 
 
 def placement_report(roles: Roles, timeout_s: float) -> dict[str, list[str]]:

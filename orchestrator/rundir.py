@@ -17,6 +17,11 @@ def open_run_dir(cfg: DictConfig) -> str:
     return cfg.run_dir
 
 
+def logs_dir(run_dir: str) -> str:
+    """Where every actor writes its output (vLLM, DeepSpeed, transformers): run_dir/logs."""
+    return os.path.join(os.path.abspath(run_dir), "logs")
+
+
 def write_summary(run_dir: str, summary: dict) -> str:
     path = os.path.join(run_dir, "summary.json")
     atomic_write_text(path, json.dumps(jsonable(summary), indent=2, sort_keys=True) + "\n")

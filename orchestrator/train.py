@@ -21,15 +21,15 @@ from rich.table import Table
 
 from algo.seeding import derive_seed
 from algo.trajectory import PromptRequest
-from orchestrator.checkpoint import checkpoint_root, latest_checkpoint, load_checkpoint, save_checkpoint
+from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from orchestrator.config import ModelConfig
 from orchestrator.data import eval_problems, make_task, step_problems
 from orchestrator.metrics import MetricsLog, plot_curves, sample_records
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
-from orchestrator.rundir import open_run_dir, write_summary
+from orchestrator.rundir import logs_dir, open_run_dir, write_summary
 from orchestrator.runtime import RoleError, env_threads, init_ray
-from orchestrator.validate import ConfigError
 from orchestrator.step import StepSettings, estimator_params, publish_weights, train_step
+from orchestrator.validate import ConfigError
 
 console = Console()
 
@@ -46,11 +46,9 @@ def run_train(cfg: DictConfig, args=None) -> dict:
     started_ray = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
     updates = cfg.train.steps * cfg.learner.ppo_epochs * cfg.learner.mini_batches
-    log_dir = os.path.join(os.path.abspath(run_dir), "logs")
     console.print(f"[bold]steprl train[/] {cfg.algo.estimator} on {cfg.task.kind}: starting roles "
-                  f"(actor logs in {log_dir}) ...")
-    roles = start_roles(cfg, policy_dir, total_updates=updates, log_dir=log_dir,
-                        checkpoint_dir=checkpoint_root(run_dir))
+                  f"(actor logs in {logs_dir(run_dir)}) ...")
+    roles = start_roles(cfg, policy_dir, total_updates=updates, run_dir=run_dir)
     try:
         placement = placement_report(roles, cfg.train.timeout_s)
         summary = _loop(cfg, roles, task, run_dir)

@@ -206,7 +206,7 @@ def check_answer(pred_text: str, gold: str, timeout_seconds: int | None = 5) -> 
 
     math-verify's timeouts use SIGALRM, which only works in a process's main thread: off the main
     thread (e.g. a threaded Ray actor) the timeout is disabled. Parse failures count as wrong."""
-    from math_verify import parse, verify   # heavy import (sympy), only when answers are checked
+    from math_verify import parse, verify  # heavy import (sympy), only when answers are checked
 
     if threading.current_thread() is not threading.main_thread():
         timeout_seconds = None

@@ -19,10 +19,28 @@ from pathlib import Path
 import torch
 
 from algo.losses import value_loss
-from learner.batching import (agg_units, batch_size, check_rows, forward_logits, micro_slices, minibatch_rows,
-                              select, shift_right, trajectory_row)
-from learner.engine import (accumulated_step, build_engine, free_port, init_distributed, load_engine_checkpoint,
-                            load_rng, redirect_output, save_engine_checkpoint, save_rng, set_determinism, set_threads)
+from learner.batching import (
+    agg_units,
+    batch_size,
+    check_rows,
+    forward_logits,
+    micro_slices,
+    minibatch_rows,
+    select,
+    shift_right,
+    trajectory_row,
+)
+from learner.engine import (
+    accumulated_step,
+    build_engine,
+    free_port,
+    init_distributed,
+    load_engine_checkpoint,
+    load_rng,
+    prepare_process,
+    save_engine_checkpoint,
+    save_rng,
+)
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
 METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
@@ -60,9 +78,7 @@ class CriticWorker:
                  dtype: str = "float32", master_port: int | None = None, timeout_s: float = 600.0,
                  deterministic: bool = False, trust_remote_code: bool = False, restore_dir: str | None = None,
                  log_file: str | None = None):
-        redirect_output(log_file)
-        set_threads(threads)
-        set_determinism(deterministic)
+        prepare_process(threads, log_file=log_file, deterministic=deterministic)
         torch.manual_seed(seed)
         if ppo_epochs < 1 or mini_batches < 1:
             raise ValueError(f"critic ppo_epochs ({ppo_epochs}) and mini_batches ({mini_batches}) must be >= 1")

@@ -42,17 +42,10 @@ import torch
 from algo.seeding import derive_seed
 from algo.segment import byte_level_token_bytes, split_steps
 from algo.trajectory import PromptRequest, Trajectory
-from learner.engine import redirect_output
+from learner.engine import prepare_process
 
 _EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 _FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's finish_reason -> Trajectory's
-
-
-def _set_thread_env(threads: int) -> None:
-    """One BLAS/OpenMP pool of `threads` per process: on 2 cores, two pools of 2 ran ~6x slower."""
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    torch.set_num_threads(threads)  # before vLLM starts: its CPU worker then forbids the call
 
 
 def _set_vllm_env(on_cpu: bool) -> None:
@@ -112,7 +105,6 @@ class GeneratorWorker:
                  kv_cache_gb: float = 1.0, step_delimiter: str = "\n", enforce_eager: bool = True,
                  gpu_memory_utilization: float = 0.5, threads: int = 1, replica: int = 0,
                  trust_remote_code: bool = False, log_file: str | None = None):
-        redirect_output(log_file)
         if not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"model_dir={model_dir!r} has no config.json")
         if threads < 1:
@@ -128,7 +120,7 @@ class GeneratorWorker:
         self._expected_shapes = _checkpoint_shapes(model_dir)
 
         on_cpu = not torch.cuda.is_available()
-        _set_thread_env(threads)
+        prepare_process(threads, log_file=log_file)
         _set_vllm_env(on_cpu)
         from vllm import LLM  # after the environment is set
 

@@ -17,6 +17,7 @@ import torch
 
 from algo.trajectory import Trajectory
 from algo.transforms import apply_reward_transform
+from learner.engine import prepare_process
 
 # A step source returns one probability per step span; an outcome source returns one number.
 StepSource = Callable[[Trajectory, list[str]], list[float]]
@@ -27,9 +28,7 @@ class RewardWorker:
     def __init__(self, *, tokenizer_dir: str, sources: list[dict], meaning: str, transform: str,
                  transform_params: dict, task_kind: str, modulus: int = 10, step_delimiter: str = "\n",
                  threads: int = 1, trust_remote_code: bool = False, log_file: str | None = None):
-        from learner.engine import redirect_output, set_threads
-        redirect_output(log_file)
-        set_threads(threads)
+        prepare_process(threads, log_file=log_file)
         from transformers import AutoTokenizer
         self.trust_remote_code = trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
@@ -120,6 +119,7 @@ class RewardWorker:
 
     def _prm_source(self, path):
         from transformers import AutoModelForTokenClassification, AutoTokenizer
+
         from tasks.models import prm_step_scores
         model = AutoModelForTokenClassification.from_pretrained(
             path, trust_remote_code=self.trust_remote_code).eval()

@@ -19,8 +19,8 @@ A second CPU quirk, found by comparing logprobs with the HF model: a tied ``lm_h
 embedding's Parameter but computes logits with its own packed copy, made once at start-up. vLLM's
 in-place reload re-processes only the modules whose parameters it loaded, and ``named_parameters()``
 lists the shared tensor under the embedding only, so the ``lm_head`` kept sampling with the initial
-weights. After every reload we therefore repack each module that kept its weight beside a packed
-copy, and the read-back checks such copies against their weight (a mismatch is an error).
+weights. The reload therefore also sends the tied alias (below), and the read-back checks every packed
+copy against its weight (a mismatch is an error).
 
 Reload warnings. vLLM's layerwise reload (vllm/model_executor/model_loader/reload/layerwise.py,
 ``finalize_layerwise_processing``) warns ``<Class>: Failed to load weights`` for every module that has
@@ -31,8 +31,8 @@ Two such modules are expected here:
   once, as ``model.embed_tokens.weight``, so vLLM's ``lm_head`` gets nothing and is not reprocessed
   (that is the stale packed copy above). We fix this at the source: the reload also sends each tied
   alias (here ``lm_head.weight``) with its owner's tensor, so vLLM loads and repacks the lm_head itself
-  and the warning does not fire. The repack below stays as a safety net (a model whose ``load_weights``
-  skips ``lm_head.`` would still warn, truthfully, and still be repacked).
+  and the warning does not fire. (A model whose ``load_weights`` skipped ``lm_head.`` would warn,
+  truthfully, and fail the read-back check.)
 * ``RotaryEmbedding``: it has no weights, only the non-persistent ``cos_sin_cache`` buffer computed
   from the config, which vLLM counts as loadable. The buffer is put back untouched, so the warning is
   noise; vLLM has no supported way to mark a module as intentionally unloaded, so
@@ -172,8 +172,6 @@ class WeightSyncExtension:
         install_reload_log_filter()
         model = self.model_runner.get_model()
         self.model_runner.reload_weights(weights_iterator=iter(_with_tied_aliases(model, weights)))
-        for _, module in _kept_weight_modules(model):
-            module.quant_method.process_weights_after_loading(module)  # refresh the packed copy
 
     def steprl_named_weights(self) -> list[tuple[str, torch.Tensor]]:
         """The live weights as HF-named, HF-shaped tensors (tied tensors once, as named_parameters())."""

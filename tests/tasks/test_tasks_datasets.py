@@ -4,8 +4,15 @@ import json
 
 import pytest
 
-from tasks.datasets import (DatasetError, StepExample, TextProblem, check_answer, load_jsonl_problems,
-                            read_step_jsonl, write_step_jsonl)
+from tasks.datasets import (
+    DatasetError,
+    StepExample,
+    TextProblem,
+    check_answer,
+    load_jsonl_problems,
+    read_step_jsonl,
+    write_step_jsonl,
+)
 
 
 def _write(path, lines):
