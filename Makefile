@@ -12,13 +12,28 @@ export OPENBLAS_NUM_THREADS ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 export RAY_USAGE_STATS_ENABLED ?= 0
 
-.PHONY: demo test venv clean
+.PHONY: demo test test-fast lint fmt venv clean
 
 demo: $(STAMP)
 	$(VENV)/bin/steprl train configs/demo_cpu.yaml
 
-test: $(STAMP)
+# Everything: lint, format check and type check first (seconds), then every test, Ray / vLLM / DeepSpeed included.
+test: lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests
+
+# The pure and unit tests only (about a minute): what to run while editing.
+test-fast: lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider -m "not heavy" tests
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# Rewrite the code the way `make lint` wants it (import order, formatting, safe lint fixes).
+fmt: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 venv: $(STAMP)
 

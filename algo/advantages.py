@@ -2,6 +2,9 @@
 
     compute_advantages(name, AdvantageInputs, **params) -> (advantages [B, T], returns [B, T] | None)
 
+The names, what each estimator needs and which config fields it takes are in algo.registry.ESTIMATORS;
+those keyword arguments have no defaults here (the config schema holds them), only numerical constants do.
+
 Tokens may sit anywhere along T (prompt tokens masked at the front, padding at the end, even holes
 in between): every estimator reads real tokens only, scans jump over masked ones, and the outputs are
 0 on masked tokens. Shared conventions:
@@ -9,7 +12,7 @@ in between): every estimator reads real tokens only, scans jump over masked ones
   step_mask must be a prefix in each row (steps 0..K_b-1);
 - group statistics follow algo.normalize (unbiased std, (x - mean) / (std + eps), Dr. GRPO with
   std_normalize=False);
-- `sample_mask` (optional, [B]) marks samples whose rewards are valid (Trajectory.reward_valid);
+- `sample_valid` (optional, [B]) marks samples whose rewards are valid (Trajectory.sample_valid);
   an invalid sample takes no part in any group or batch statistic and gets zero advantages;
 - `token_rewards` (e.g. -kl_coef * kl when KL is in the reward) is never dropped: PPO estimators
   (gae, step_ppo) add it to the per-token reward; reinforce_pp puts it in the return; the outcome /
@@ -19,12 +22,14 @@ in between): every estimator reads real tokens only, scans jump over masked ones
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from algo import registry
 from algo.normalize import (
     group_baseline,
     group_normalize,
@@ -32,7 +37,11 @@ from algo.normalize import (
     masked_mean,
     masked_var,
     safe_scale,
+    zero_masked,
 )
+
+# (advantages [B, T], returns [B, T] for the critic or None)
+Estimate = tuple[Tensor, Tensor | None]
 
 
 @dataclass
@@ -45,29 +54,25 @@ class AdvantageInputs:
     group_ids: Tensor  # [B] long, same prompt -> same id
     values: Tensor | None = None  # [B, T] critic values (gae, step_ppo)
     token_rewards: Tensor | None = None  # [B, T] extra per-token rewards, e.g. -kl_coef * kl
-    sample_mask: Tensor | None = None  # [B] 1.0 where the rewards are valid (added; default all valid)
+    sample_valid: Tensor | None = None  # [B] 1.0 where the rewards are valid (default: all valid)
 
 
 # ---------------------------------------------------------------- token / step helpers
 
 
-def _zeros_where_masked(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask > 0, x, torch.zeros_like(x))
-
-
 def _token_mask(inp: AdvantageInputs) -> Tensor:
     """[B, T] real tokens of valid samples."""
     m = inp.mask.float()
-    return m if inp.sample_mask is None else m * inp.sample_mask.float()[:, None]
+    return m if inp.sample_valid is None else m * inp.sample_valid.float()[:, None]
 
 
 def _sample_weight(inp: AdvantageInputs) -> Tensor:
-    return torch.ones_like(inp.outcome) if inp.sample_mask is None else inp.sample_mask.to(inp.outcome.dtype)
+    return torch.ones_like(inp.outcome) if inp.sample_valid is None else inp.sample_valid.to(inp.outcome.dtype)
 
 
 def _per_token(step_vals: Tensor, inp: AdvantageInputs, m: Tensor) -> Tensor:
     """[B, K] step values -> [B, T]: each real token reads its own step's value."""
-    return _zeros_where_masked(step_vals.gather(1, inp.step_index.clamp_min(0)), m)
+    return zero_masked(step_vals.gather(1, inp.step_index.clamp_min(0)), m)
 
 
 def _step_end_tokens(inp: AdvantageInputs, m: Tensor) -> Tensor:
@@ -104,7 +109,7 @@ def gae_scan(
     Returns (advantages, returns = advantages + values), 0 on masked tokens.
     """
     B, T = rewards.shape
-    rewards, values = _zeros_where_masked(rewards, mask), _zeros_where_masked(values, mask)
+    rewards, values = zero_masked(rewards, mask), zero_masked(values, mask)
     next_value = torch.zeros(B, dtype=rewards.dtype, device=rewards.device)
     running = torch.zeros_like(next_value)
     adv = torch.zeros_like(rewards)
@@ -116,7 +121,7 @@ def gae_scan(
         adv[:, t] = torch.where(real, step_adv, torch.zeros_like(step_adv))
         running = torch.where(real, step_adv, running)
         next_value = torch.where(real, values[:, t], next_value)
-    return adv, _zeros_where_masked(adv + values, mask)
+    return adv, zero_masked(adv + values, mask)
 
 
 def returns_to_go(rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
@@ -145,7 +150,7 @@ def _step_normalized(inp: AdvantageInputs, eps: float, std_normalize: bool, outc
 # ---------------------------------------------------------------- estimators
 
 
-def grpo_outcome(inp: AdvantageInputs, *, eps: float = 1e-6, std_normalize: bool = True):
+def grpo_outcome(inp: AdvantageInputs, *, std_normalize: bool, eps: float = 1e-6) -> Estimate:
     """GRPO with outcome supervision (DeepSeekMath, Shao et al. 2402.03300, section 4.1.2).
 
     Every token of sample i gets (o_i - mean(o_group)) / (std(o_group) + eps).
@@ -155,9 +160,7 @@ def grpo_outcome(inp: AdvantageInputs, *, eps: float = 1e-6, std_normalize: bool
     return a[:, None] * m + _token_reward_return(inp, m), None
 
 
-def grpo_process(
-    inp: AdvantageInputs, *, eps: float = 1e-6, std_normalize: bool = True, outcome_weight: float = 0.0
-):
+def grpo_process(inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: float, eps: float = 1e-6) -> Estimate:
     """GRPO with process supervision (DeepSeekMath 2402.03300, section 4.1.3).
 
     Step rewards are normalised over all steps of all samples of the group; a token's advantage is
@@ -171,9 +174,7 @@ def grpo_process(
     return _per_token(future, inp, m) + _token_reward_return(inp, m), None
 
 
-def grpo_step(
-    inp: AdvantageInputs, *, eps: float = 1e-6, std_normalize: bool = True, outcome_weight: float = 0.0
-):
+def grpo_step(inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: float, eps: float = 1e-6) -> Estimate:
     """Step-isolated GRPO: the normalisation of DeepSeekMath 4.1.3, but a token sees only its own step.
 
     Departure from the paper (on purpose): no sum over later steps, so a correct step is not
@@ -196,11 +197,11 @@ def _step_end_rewards(inp: AdvantageInputs, m: Tensor, outcome_weight: float) ->
     if outcome_weight:
         r = r + outcome_weight * inp.outcome.float()[:, None] * _last_tokens(m)
     if inp.token_rewards is not None:
-        r = r + _zeros_where_masked(inp.token_rewards.float(), m)
+        r = r + zero_masked(inp.token_rewards.float(), m)
     return r
 
 
-def gae(inp: AdvantageInputs, *, gamma: float = 1.0, lam: float = 0.95, outcome_weight: float = 1.0):
+def gae(inp: AdvantageInputs, *, gamma: float, lam: float, outcome_weight: float) -> Estimate:
     """Token-level GAE (Schulman et al. 1506.02438) with process rewards, as in the step-by-step PPO
     of Math-Shepherd (Wang et al. 2312.08935): each step reward sits on the step's end token, the
     outcome (times outcome_weight) on the last token; the response is one episode (a truncated
@@ -211,7 +212,7 @@ def gae(inp: AdvantageInputs, *, gamma: float = 1.0, lam: float = 0.95, outcome_
     return gae_scan(r, _need_values(inp, "gae"), m, _last_tokens(m), gamma, lam)
 
 
-def step_ppo(inp: AdvantageInputs, *, gamma: float = 1.0, lam: float = 0.95, outcome_weight: float = 0.0):
+def step_ppo(inp: AdvantageInputs, *, gamma: float, lam: float, outcome_weight: float) -> Estimate:
     """GAE inside each step only: every step is an episode whose reward (the step reward) sits on its
     last token, so a step's value target is its own reward and no reward crosses a step boundary.
     Reading of Math-Shepherd's step PPO (2312.08935) with step-isolated credit; outcome_weight > 0
@@ -222,9 +223,9 @@ def step_ppo(inp: AdvantageInputs, *, gamma: float = 1.0, lam: float = 0.95, out
     return gae_scan(r, _need_values(inp, "step_ppo"), m, _step_end_tokens(inp, m), gamma, lam)
 
 
-def pav(inp: AdvantageInputs, *, alpha: float = 1.0):
+def pav(inp: AdvantageInputs, *, pav_alpha: float) -> Estimate:
     """Process advantage verifiers (Setlur et al. 2410.08146): effective advantage of step k is
-    A^pi + alpha * A^mu_k.
+    A^pi + pav_alpha * A^mu_k.
 
     step_rewards hold the prover values v_k = P(a prover rollout from the prefix ending at step k
     is correct). Prover advantage of step k: A^mu_k = v_k - v_{k-1}, the progress the step makes.
@@ -234,16 +235,16 @@ def pav(inp: AdvantageInputs, *, alpha: float = 1.0):
     """
     m, w = _token_mask(inp), _sample_weight(inp)
     sm = inp.step_mask.float() * w[:, None]
-    v = _zeros_where_masked(inp.step_rewards.float(), sm)
+    v = zero_masked(inp.step_rewards.float(), sm)
     v_init = group_baseline(v[:, 0], inp.group_ids, sm[:, 0])
     prev = torch.cat([v_init[:, None], v[:, :-1]], dim=1)
     prover_adv = (v - prev) * sm
     outcome_adv = inp.outcome.float() - group_baseline(inp.outcome.float(), inp.group_ids, w)
-    step_adv = outcome_adv[:, None] + alpha * prover_adv
+    step_adv = outcome_adv[:, None] + pav_alpha * prover_adv
     return _per_token(step_adv, inp, m) + _token_reward_return(inp, m), None
 
 
-def rloo(inp: AdvantageInputs):
+def rloo(inp: AdvantageInputs) -> Estimate:
     """REINFORCE leave-one-out (Ahmadian et al. 2402.14740): o_i - mean of the other outcomes of the
     group, on every token. A sample alone in its group gets 0."""
     m, w = _token_mask(inp), _sample_weight(inp)
@@ -253,13 +254,8 @@ def rloo(inp: AdvantageInputs):
 
 
 def reinforce_pp(
-    inp: AdvantageInputs,
-    *,
-    gamma: float = 1.0,
-    eps: float = 1e-6,
-    std_normalize: bool = True,
-    group_baseline_first: bool = False,
-):
+    inp: AdvantageInputs, *, gamma: float, std_normalize: bool, eps: float = 1e-6, group_baseline_first: bool = False
+) -> Estimate:
     """REINFORCE++ (Hu 2501.03262): per-token return G_t = sum_{s>=t} gamma^(s-t) r_s with the
     outcome on the last token and token_rewards (the KL penalty) on every token, then normalised
     over all real tokens of the whole batch: (G - mean) / (std + eps) (global, not per group).
@@ -272,24 +268,16 @@ def reinforce_pp(
         o = o - group_baseline(o, inp.group_ids, w)
     r = o[:, None] * _last_tokens(m)
     if inp.token_rewards is not None:
-        r = r + _zeros_where_masked(inp.token_rewards.float(), m)
+        r = r + zero_masked(inp.token_rewards.float(), m)
     g = returns_to_go(r, m, gamma)
     a = g - masked_mean(g, m)
     if std_normalize:
         a = a / safe_scale(masked_var(g, m).sqrt(), eps)
-    return _zeros_where_masked(a, m), None
+    return zero_masked(a, m), None
 
 
-ESTIMATORS: dict[str, Callable[..., tuple[Tensor, Tensor | None]]] = {
-    "grpo_outcome": grpo_outcome,
-    "grpo_process": grpo_process,
-    "grpo_step": grpo_step,
-    "gae": gae,
-    "step_ppo": step_ppo,
-    "pav": pav,
-    "rloo": rloo,
-    "reinforce_pp": reinforce_pp,
-}
+# registry name -> the function of that name above
+ESTIMATOR_FNS: dict[str, Callable[..., Estimate]] = registry.bind(registry.ESTIMATORS, globals())
 
 
 # ---------------------------------------------------------------- entry point
@@ -307,9 +295,16 @@ def validate_inputs(inp: AdvantageInputs) -> None:
     (B, T), K = inp.mask.shape, inp.step_rewards.shape[1]
     if K == 0:
         raise ValueError("AdvantageInputs.step_rewards has K = 0 columns; pad to K >= 1 with step_mask 0")
-    for name, shape in [("step_index", (B, T)), ("values", (B, T)), ("token_rewards", (B, T)),
-                        ("step_rewards", (B, K)), ("step_mask", (B, K)), ("outcome", (B,)),
-                        ("group_ids", (B,)), ("sample_mask", (B,))]:
+    for name, shape in [
+        ("step_index", (B, T)),
+        ("values", (B, T)),
+        ("token_rewards", (B, T)),
+        ("step_rewards", (B, K)),
+        ("step_mask", (B, K)),
+        ("outcome", (B,)),
+        ("group_ids", (B,)),
+        ("sample_valid", (B,)),
+    ]:
         _check_shape(name, getattr(inp, name), shape)
     for name in ("step_index", "group_ids"):
         if getattr(inp, name).dtype != torch.long:
@@ -326,11 +321,11 @@ def validate_inputs(inp: AdvantageInputs) -> None:
         raise ValueError("AdvantageInputs.step_index points a response token at a step with step_mask 0")
 
 
-def compute_advantages(name: str, inputs: AdvantageInputs, **params) -> tuple[Tensor, Tensor | None]:
+def compute_advantages(name: str, inputs: AdvantageInputs, **params: Any) -> Estimate:
     """returns (advantages [B,T], returns [B,T] or None); zero on masked tokens"""
-    if name not in ESTIMATORS:
-        raise ValueError(f"unknown advantage estimator {name!r}; valid names: {sorted(ESTIMATORS)}")
+    if name not in ESTIMATOR_FNS:
+        raise registry.unknown("advantage estimator", name, registry.ESTIMATORS)
     validate_inputs(inputs)
-    adv, ret = ESTIMATORS[name](inputs, **params)
+    adv, ret = ESTIMATOR_FNS[name](inputs, **params)
     m = _token_mask(inputs)
-    return _zeros_where_masked(adv, m), (None if ret is None else _zeros_where_masked(ret, m))
+    return zero_masked(adv, m), (None if ret is None else zero_masked(ret, m))

@@ -5,18 +5,23 @@ log-prob at position t is log p(input_ids[b, t] | input_ids[b, :t]), computed fr
 t - 1; position 0 has no log-prob (0). `shift_logprobs` gives exactly that alignment, so
 `behavior_logprobs`, learner log-probs and reference log-probs all line up with `response_mask`.
 
-`sample_valid` is Trajectory.reward_valid: an invalid sample stays in the batch (its tokens are
-not dropped silently) but should be masked out: pass it as AdvantageInputs.sample_mask and use
-response_mask * sample_valid[:, None] in the losses.
+`sample_valid` is Trajectory.sample_valid: an invalid sample stays in the batch (its tokens are
+not dropped silently) but is masked out: it is AdvantageInputs.sample_valid, and every loss uses
+`valid_token_mask` (response_mask * sample_valid[:, None]).
 Missing rewards: step_rewards None -> zeros (step_mask still marks the existing steps);
 outcome_reward None -> 0.0.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
+from algo import normalize, registry
+from algo.advantages import AdvantageInputs, compute_advantages
+from algo.kl import kl_estimate, kl_in_reward
 from algo.losses import token_logprobs
 from algo.trajectory import Trajectory
 
@@ -26,8 +31,10 @@ def _check(traj: Trajectory) -> None:
     n = len(traj.response_ids)
     if not traj.prompt_ids:
         raise ValueError(f"trajectory {traj.uid!r}: empty prompt_ids (position 0 has no log-prob)")
-    if len(traj.logprobs) != n:
-        raise ValueError(f"trajectory {traj.uid!r}: {len(traj.logprobs)} logprobs for {n} response tokens")
+    if len(traj.behavior_logprobs) != n:
+        raise ValueError(
+            f"trajectory {traj.uid!r}: {len(traj.behavior_logprobs)} behavior_logprobs for {n} response tokens"
+        )
     pos = 0
     for start, end in traj.step_spans:
         if start != pos or end <= start:
@@ -62,14 +69,14 @@ def collate(trajs: list[Trajectory], pad_id: int) -> dict[str, Tensor]:
         "step_mask": torch.zeros(B, K),
         "outcome": torch.zeros(B),
         "group_ids": torch.tensor([t.group_id for t in trajs], dtype=torch.long),
-        "sample_valid": torch.tensor([float(t.reward_valid) for t in trajs]),
+        "sample_valid": torch.tensor([float(t.sample_valid) for t in trajs]),
     }
     for b, t in enumerate(trajs):
         p, n = len(t.prompt_ids), len(t.response_ids)
         out["input_ids"][b, : p + n] = torch.tensor(t.prompt_ids + t.response_ids, dtype=torch.long)
         out["attention_mask"][b, : p + n] = 1
         out["response_mask"][b, p : p + n] = 1.0
-        out["behavior_logprobs"][b, p : p + n] = torch.tensor(t.logprobs, dtype=torch.float32)
+        out["behavior_logprobs"][b, p : p + n] = torch.tensor(t.behavior_logprobs, dtype=torch.float32)
         for k, (start, end) in enumerate(t.step_spans):
             out["step_index"][b, p + start : p + end] = k
         out["step_mask"][b, : t.num_steps] = 1.0
@@ -85,3 +92,67 @@ def shift_logprobs(logits: Tensor, input_ids: Tensor) -> Tensor:
         raise ValueError(f"logits {tuple(logits.shape)} and input_ids {tuple(input_ids.shape)} disagree")
     first = torch.zeros(input_ids.shape[0], 1, dtype=torch.float32, device=logits.device)
     return torch.cat([first, token_logprobs(logits[:, :-1], input_ids[:, 1:])], dim=1)
+
+
+def valid_token_mask(batch: dict[str, Tensor], key: str = "response_mask") -> Tensor:
+    """batch[key] * sample_valid: the tokens of a masked sample (a reward source failed) count nowhere."""
+    return batch[key].float() * batch["sample_valid"].float()[:, None]
+
+
+def add_response_values(batch: dict[str, Tensor], key: str, per_traj: list[list[float]] | None) -> None:
+    """batch[key] = per-response-token lists (critic values, reference log-probs) at the batch's response
+    positions, 0 elsewhere; nothing when per_traj is None."""
+    if per_traj is None:
+        return
+    out = torch.zeros_like(batch["behavior_logprobs"])
+    for b, vals in enumerate(per_traj):
+        pos = batch["response_mask"][b].nonzero().squeeze(1)
+        if len(vals) != len(pos):
+            raise ValueError(f"{key}: sample {b} has {len(vals)} values for {len(pos)} response tokens")
+        out[b, pos] = torch.tensor(vals, dtype=out.dtype)
+    batch[key] = out
+
+
+def correct_response_mask(batch: dict[str, Tensor]) -> Tensor:
+    """The response tokens of samples whose outcome reward is above 0.5 (the SFT term imitates those)."""
+    return batch["response_mask"] * batch["outcome"].gt(0.5).float()[:, None]
+
+
+def batch_advantages(
+    batch: dict[str, Tensor],
+    estimator: str,
+    params: dict[str, Any],
+    *,
+    whiten: bool,
+    kl_coef: float,
+    kl_estimator: str,
+    kl_in: str,
+) -> tuple[Tensor, Tensor, float]:
+    """The estimator `estimator` (algo.registry.ESTIMATORS) with its config `params` on a collated batch.
+
+    With reference log-probs in the batch, the KL of the behaviour policy to the reference is estimated;
+    with kl_in == "reward" it enters the reward as -kl_coef * KL per token. Returns advantages, returns
+    (zeros for estimators without a critic) and the mean KL per response token (0 without a reference).
+    """
+    if kl_in not in registry.KL_PLACEMENTS:
+        raise registry.unknown("KL placement", kl_in, registry.KL_PLACEMENTS)
+    mask = batch["response_mask"]
+    kl = None
+    if "ref_logprobs" in batch:
+        kl = kl_estimate(batch["behavior_logprobs"], batch["ref_logprobs"], kl_estimator) * mask
+    inputs = AdvantageInputs(
+        mask=mask,
+        step_index=batch["step_index"],
+        step_rewards=batch["step_rewards"],
+        step_mask=batch["step_mask"],
+        outcome=batch["outcome"],
+        group_ids=batch["group_ids"],
+        values=batch.get("old_values"),
+        sample_valid=batch["sample_valid"],
+        token_rewards=kl_in_reward(kl, kl_coef) if (kl is not None and kl_in == "reward") else None,
+    )
+    adv, ret = compute_advantages(estimator, inputs, **params)
+    if whiten:
+        adv = normalize.whiten(adv, valid_token_mask(batch))
+    kl_mean = float(kl.sum() / mask.sum().clamp(min=1)) if kl is not None else 0.0
+    return adv, (ret if ret is not None else torch.zeros_like(adv)), kl_mean

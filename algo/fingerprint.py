@@ -10,17 +10,20 @@ the versioned protocol, not a proof.
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from torch import Tensor
 
+# {"sum", "sumsq", "abs_sum": float64 totals over all elements, "numel": int}
+Fingerprint = dict[str, float]
+
 RTOL = 1e-6  # float64 sums of float32 weights: copies of one tensor agree far closer than this
 
 
-def weights_fingerprint(named_tensors: Iterable[tuple[str, Tensor]]) -> dict:
+def weights_fingerprint(named_tensors: Iterable[tuple[str, Tensor]]) -> Fingerprint:
     """{"sum", "sumsq", "abs_sum": float64 totals over all elements, "numel": int}."""
-    total = {"sum": 0.0, "sumsq": 0.0, "abs_sum": 0.0, "numel": 0}
+    total: Fingerprint = {"sum": 0.0, "sumsq": 0.0, "abs_sum": 0.0, "numel": 0}
     for _name, t in named_tensors:
         x = t.detach().to(torch.float64)
         total["sum"] += float(x.sum())
@@ -30,7 +33,7 @@ def weights_fingerprint(named_tensors: Iterable[tuple[str, Tensor]]) -> dict:
     return total
 
 
-def fingerprint_rel_diff(a: dict, b: dict) -> float:
+def fingerprint_rel_diff(a: Fingerprint, b: Fingerprint) -> float:
     """Largest relative difference of the moments (inf when numel differs). `sum` can be near 0 (signs
     cancel), so its difference is taken relative to abs_sum (the scale of its terms); sumsq and abs_sum
     relative to themselves."""
@@ -38,9 +41,9 @@ def fingerprint_rel_diff(a: dict, b: dict) -> float:
         return math.inf
     diffs = [abs(a["sum"] - b["sum"]) / max(a["abs_sum"], b["abs_sum"], 1e-300)]
     diffs += [abs(a[k] - b[k]) / max(abs(a[k]), abs(b[k]), 1e-300) for k in ("sumsq", "abs_sum")]
-    return max(diffs)
+    return float(max(diffs))
 
 
-def fingerprints_match(a: dict, b: dict, rtol: float = RTOL) -> bool:
+def fingerprints_match(a: Fingerprint, b: Fingerprint, rtol: float = RTOL) -> bool:
     """Same numel, and every moment equal to rtol (see fingerprint_rel_diff)."""
     return fingerprint_rel_diff(a, b) <= rtol

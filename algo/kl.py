@@ -13,37 +13,40 @@ the reward (`kl_in_reward(kl, coef)` gives token_rewards for algo.advantages.Adv
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from algo import registry
 
-def _k1(log_ratio: Tensor) -> Tensor:
+
+def k1(log_ratio: Tensor) -> Tensor:
     return -log_ratio
 
 
-def _k2(log_ratio: Tensor) -> Tensor:
+def k2(log_ratio: Tensor) -> Tensor:
     return 0.5 * log_ratio**2
 
 
-def _k3(log_ratio: Tensor) -> Tensor:
+def k3(log_ratio: Tensor) -> Tensor:
     return torch.exp(log_ratio) - log_ratio - 1.0
 
 
-KL_ESTIMATORS: dict[str, Callable[[Tensor], Tensor]] = {"k1": _k1, "k2": _k2, "k3": _k3}
+# registry name -> the function of that name above
+KL_FNS: dict[str, Callable[[Tensor], Tensor]] = registry.bind(registry.KL_ESTIMATORS, globals())
 
 
 def kl_estimate(
     logprobs: Tensor, ref_logprobs: Tensor, kind: str, *, mask: Tensor | None = None, max_log_ratio: float = 20.0
 ) -> Tensor:
     """[B, T] per-token KL(pi || ref) estimate; 0 where mask == 0 (when a mask is given)."""
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kind!r}; valid kinds: {sorted(KL_ESTIMATORS)}")
+    if kind not in KL_FNS:
+        raise registry.unknown("KL estimator", kind, registry.KL_ESTIMATORS)
     if logprobs.shape != ref_logprobs.shape:
         raise ValueError(f"logprobs {tuple(logprobs.shape)} and ref_logprobs {tuple(ref_logprobs.shape)} differ")
     log_ratio = (ref_logprobs - logprobs).clamp(-max_log_ratio, max_log_ratio)
-    kl = KL_ESTIMATORS[kind](log_ratio)
+    kl = KL_FNS[kind](log_ratio)
     return kl if mask is None else torch.where(mask > 0, kl, torch.zeros_like(kl))
 
 

@@ -7,75 +7,96 @@
   absurd token cannot give inf.
 - Value loss: PPO's clipped value loss, 0.5 * max((v - R)^2, (v_clip - R)^2).
 - aggregate(): `token` (mean over all tokens of the batch), `step` (mean within each step, then over
-  steps), `sequence` (mean within each sequence, then over sequences), `token_sum_norm` (sum / a
-  constant `norm`, Dr. GRPO, Liu et al. 2503.20783; default norm = T).
+  steps), `sequence` (mean within each sequence, then over sequences); the names are
+  algo.registry.LOSS_AGGREGATIONS. agg_units() counts what a mode averages over (tokens, steps or
+  sequences), so a loss cut into micro-batches can be weighted back to the mean of the whole batch.
 Stats are plain floats over real tokens (token means, whatever `agg` is).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 
+from algo import registry
 from algo.kl import kl_estimate
+from algo.normalize import zero_masked
 
 _MAX_LOG_RATIO = 20.0
 
 
-def _masked(x: Tensor, mask: Tensor) -> Tensor:
-    return torch.where(mask > 0, x, torch.zeros_like(x))
+def _mean_token(x: Tensor, mask: Tensor, step_index: Tensor) -> Tensor:
+    return zero_masked(x, mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def _agg_token(x: Tensor, mask: Tensor, step_index: Tensor, norm: float | None) -> Tensor:
-    return _masked(x, mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def _agg_sequence(x: Tensor, mask: Tensor, step_index: Tensor, norm: float | None) -> Tensor:
+def _mean_sequence(x: Tensor, mask: Tensor, step_index: Tensor) -> Tensor:
     n = mask.sum(dim=1)
-    per_seq = _masked(x, mask).sum(dim=1) / n.clamp_min(1.0)
+    per_seq = zero_masked(x, mask).sum(dim=1) / n.clamp_min(1.0)
     has = (n > 0).to(x.dtype)
     return (per_seq * has).sum() / has.sum().clamp_min(1.0)
 
 
-def _agg_step(x: Tensor, mask: Tensor, step_index: Tensor, norm: float | None) -> Tensor:
+def _mean_step(x: Tensor, mask: Tensor, step_index: Tensor) -> Tensor:
     B = x.shape[0]
     real = (mask > 0) & (step_index >= 0)
     if not bool(real.any()):
-        return _masked(x, mask).sum() * 0.0  # keeps the graph; nothing to average
+        return zero_masked(x, mask).sum() * 0.0  # keeps the graph; nothing to average
     K = int(step_index[real].max()) + 1
     idx = torch.where(real, step_index, torch.full_like(step_index, K))  # column K = bin
     zeros = torch.zeros(B, K + 1, dtype=x.dtype, device=x.device)
-    sums = zeros.scatter_add(1, idx, _masked(x, real.to(x.dtype)))[:, :K]
+    sums = zeros.scatter_add(1, idx, zero_masked(x, real.to(x.dtype)))[:, :K]
     counts = zeros.scatter_add(1, idx, real.to(x.dtype))[:, :K]
     has = counts > 0
     return (sums[has] / counts[has]).mean()
 
 
-def _agg_token_sum_norm(x: Tensor, mask: Tensor, step_index: Tensor, norm: float | None) -> Tensor:
-    return _masked(x, mask).sum() / float(norm if norm is not None else mask.shape[-1])
+def _units_token(mask: Tensor, step_index: Tensor) -> Tensor:
+    return mask.sum()
 
 
-AGGREGATORS: dict[str, Callable[..., Tensor]] = {
-    "token": _agg_token,
-    "step": _agg_step,
-    "sequence": _agg_sequence,
-    "token_sum_norm": _agg_token_sum_norm,
-}
+def _units_sequence(mask: Tensor, step_index: Tensor) -> Tensor:
+    return (mask.sum(dim=1) > 0).sum().to(mask.dtype)
 
 
-def aggregate(x: Tensor, mask: Tensor, step_index: Tensor, mode: str, *, norm: float | None = None) -> Tensor:
+def _units_step(mask: Tensor, step_index: Tensor) -> Tensor:
+    real = (mask > 0) & (step_index >= 0)
+    if not bool(real.any()):
+        return mask.new_zeros(())
+    K = int(step_index[real].max()) + 1
+    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(step_index)
+    return mask.new_tensor(float(torch.unique((rows * K + step_index)[real]).numel()))
+
+
+# registry name -> (mean over the mode's units, number of units)
+_MEANS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = registry.bind(
+    registry.LOSS_AGGREGATIONS, globals(), "_mean_"
+)
+_UNITS: dict[str, Callable[[Tensor, Tensor], Tensor]] = registry.bind(registry.LOSS_AGGREGATIONS, globals(), "_units_")
+
+
+def _check_mode(mode: str) -> None:
+    if mode not in _MEANS:
+        raise registry.unknown("loss aggregation", mode, registry.LOSS_AGGREGATIONS)
+
+
+def aggregate(x: Tensor, mask: Tensor, step_index: Tensor, mode: str) -> Tensor:
     """Scalar from per-token x [B, T] over real tokens (mask 1.0); see the module docstring."""
-    if mode not in AGGREGATORS:
-        raise ValueError(f"unknown aggregation mode {mode!r}; valid modes: {sorted(AGGREGATORS)}")
+    _check_mode(mode)
     if x.shape != mask.shape or x.shape != step_index.shape:
         raise ValueError(f"x {tuple(x.shape)}, mask {tuple(mask.shape)}, step_index {tuple(step_index.shape)} differ")
-    return AGGREGATORS[mode](x, mask.to(x.dtype), step_index, norm)
+    return _MEANS[mode](x, mask.to(x.dtype), step_index)
+
+
+def agg_units(mask: Tensor, step_index: Tensor, mode: str) -> Tensor:
+    """How many units (tokens, steps, sequences) the aggregation `mode` averages over, as a float."""
+    _check_mode(mode)
+    return _UNITS[mode](mask.float(), step_index).float()
 
 
 def _token_mean(x: Tensor, mask: Tensor) -> float:
-    return float(_masked(x, mask).sum() / mask.sum().clamp_min(1.0))
+    return float(zero_masked(x, mask).sum() / mask.sum().clamp_min(1.0))
 
 
 def policy_loss(
@@ -85,10 +106,10 @@ def policy_loss(
     mask: Tensor,
     step_index: Tensor,
     *,
-    clip_low: float = 0.2,
-    clip_high: float = 0.2,
-    dual_clip: float | None = None,
-    agg: str = "token",
+    clip_low: float,
+    clip_high: float,
+    dual_clip: float | None,
+    agg: str,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clip loss [B, T] -> scalar; stats: clip_frac, dual_clip_frac, approx_kl, ratio_mean, ratio_max."""
     if dual_clip is not None and dual_clip <= 1.0:
@@ -126,8 +147,8 @@ def value_loss(
     mask: Tensor,
     step_index: Tensor,
     *,
-    clip: float | None = 0.2,
-    agg: str = "token",
+    clip: float | None,
+    agg: str,
 ) -> tuple[Tensor, dict[str, float]]:
     """Clipped value loss [B, T] -> scalar; stats: value_clip_frac, value_mean, value_error."""
     mask = mask.to(values.dtype)
@@ -170,7 +191,7 @@ def token_logprobs(logits: Tensor, labels: Tensor) -> Tensor:
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= V):
         raise ValueError(f"labels hold ids outside the vocabulary [0, {V})")
     rows = []
-    for row, lab in zip(logits, labels):
+    for row, lab in zip(logits, labels, strict=True):
         lg = row.float()
         rows.append(lg.gather(-1, lab[:, None]).squeeze(-1) - torch.logsumexp(lg, dim=-1))
     return torch.stack(rows)

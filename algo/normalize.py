@@ -22,16 +22,21 @@ def safe_scale(std: Tensor, eps: float) -> Tensor:
     return torch.where(scale > 0, scale, torch.ones_like(scale))
 
 
+def zero_masked(x: Tensor, mask: Tensor) -> Tensor:
+    """x where mask > 0, else 0. torch.where, not a product: NaN / inf outside the mask must not leak."""
+    return torch.where(mask > 0, x, torch.zeros_like(x))
+
+
 def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     """Mean of x over mask == 1 (0 when the mask is empty); NaN / inf outside the mask is ignored."""
-    return torch.where(mask > 0, x, torch.zeros_like(x)).sum() / mask.sum().clamp_min(1.0)
+    return zero_masked(x, mask).sum() / mask.sum().clamp_min(1.0)
 
 
 def masked_var(x: Tensor, mask: Tensor) -> Tensor:
     """Unbiased variance of x over mask == 1 (0 with fewer than two elements)."""
     n = mask.sum()
     mean = masked_mean(x, mask)
-    ss = torch.where(mask > 0, (x - mean) ** 2, torch.zeros_like(x)).sum()
+    ss = zero_masked((x - mean) ** 2, mask).sum()
     return torch.where(n > 1, ss / (n - 1).clamp_min(1.0), torch.zeros_like(ss))
 
 
@@ -98,4 +103,3 @@ def leave_one_out_baseline(rewards: Tensor, group_ids: Tensor, weight: Tensor | 
     mean, _, count = group_stats(rewards, group_ids, w)
     others = (mean * count - rewards * w) / (count - w).clamp_min(1.0)
     return torch.where(count - w > 0, others, rewards)
-

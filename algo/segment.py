@@ -25,9 +25,9 @@ Edge cases (all defined, all tested):
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
 
-TokenText = Union[Callable[[int], Union[str, bytes]], Sequence[str], Sequence[bytes]]
+TokenText = Callable[[int], str | bytes] | Sequence[str] | Sequence[bytes]
 
 _WHITESPACE = b" \t\r\n\x0b\x0c"
 
@@ -75,9 +75,7 @@ def _content_free(texts: list[bytes], start: int, end: int, delim: bytes) -> boo
     return chunk.strip(_WHITESPACE) == b""
 
 
-def split_steps(
-    response_ids: Sequence[int], token_text: TokenText, delimiter: str = "\n"
-) -> list[tuple[int, int]]:
+def split_steps(response_ids: Sequence[int], token_text: TokenText, delimiter: str = "\n") -> list[tuple[int, int]]:
     """Cut a response into steps: contiguous, non-empty [start, end) token ranges covering it.
 
     `token_text` is a per-id table (list of str or bytes, built once from the tokenizer) or a
@@ -95,7 +93,7 @@ def split_steps(
     cuts = [e + 1 for e in _delimiter_end_tokens(texts, delim)]
     if not cuts or cuts[-1] != n:
         cuts.append(n)  # partial last step (truncated, or no trailing delimiter)
-    raw = list(zip([0] + cuts[:-1], cuts))
+    raw = list(zip([0] + cuts[:-1], cuts, strict=True))
 
     spans: list[tuple[int, int]] = []
     pending_start: int | None = None  # content-free spans before the first real step

@@ -8,26 +8,27 @@ crosses Ray's object store cheaply and algo/ stays free of any runtime import.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
 class Trajectory:
-    uid: str                          # unique sample id, e.g. "s3-p17-2" (step 3, prompt 17, sample 2)
-    prompt_id: str                    # id of the task problem this answers
-    group_id: int                     # samples of the same prompt in the same batch share it
-    policy_version: int               # version of the weights that sampled it
+    uid: str  # unique sample id, e.g. "s3-p17-2" (step 3, prompt 17, sample 2)
+    prompt_id: str  # id of the task problem this answers
+    group_id: int  # samples of the same prompt in the same batch share it
+    policy_version: int  # version of the weights that sampled it
     prompt_ids: list[int]
     response_ids: list[int]
-    logprobs: list[float]             # behaviour log-prob of each response token
-    finish_reason: str                # "stop" (eos / stop string) or "length" (truncated)
+    behavior_logprobs: list[float]  # behaviour log-prob of each response token
+    finish_reason: str  # "stop" (eos / stop string) or "length" (truncated)
     step_spans: list[tuple[int, int]]  # [start, end) token ranges in response_ids, one per step
     prompt_text: str = ""
     response_text: str = ""
-    reference: str = ""               # ground-truth answer for verifiers
-    step_rewards: list[float] | None = None   # one per step, filled by the reward worker
+    answer: str = ""  # gold answer the outcome verifier checks against
+    step_rewards: list[float] | None = None  # one per step, filled by the reward worker
     outcome_reward: float | None = None
-    reward_valid: bool = True         # False when a reward source failed: the sample is masked, not zeroed
-    info: dict = field(default_factory=dict)  # oracle labels and other diagnostics (never used as reward)
+    sample_valid: bool = True  # False when a reward source failed: the sample is masked, not zeroed
+    info: dict[str, Any] = field(default_factory=dict)  # oracle labels and other diagnostics (never used as reward)
 
     @property
     def num_steps(self) -> int:
@@ -39,7 +40,7 @@ class PromptRequest:
     """One prompt to sample a group of responses for."""
 
     prompt_id: str
-    group_id: int                     # index of the prompt in its step: part of every sample's seed
+    group_id: int  # index of the prompt in its step: part of every sample's seed
     text: str
-    reference: str = ""
+    answer: str = ""  # gold answer (for the outcome verifier)
     samples: tuple[int, ...] | None = None  # sample indices to draw; None: 0..n-1 (a re-issue asks for fewer)

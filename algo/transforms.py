@@ -3,7 +3,8 @@
 Every transform takes `rewards [B, K]` (probabilities in [0, 1] from a PRM / verifier) and
 `step_mask [B, K]` (1.0 for existing steps; it must be a prefix in each row: steps 0..K_b-1) and
 returns a `[B, K]` tensor that is 0 wherever `step_mask == 0`. Pick one by name with
-`apply_reward_transform(name, rewards, step_mask, **params)`.
+`apply_reward_transform(name, rewards, step_mask, **params)`; the names and the parameters' defaults are
+in algo.registry.TRANSFORMS (the functions below take their parameters without defaults).
 
 - identity: r.
 - log_prob: max(log p + log_z, min_value). The rejection-sampling view: the policy that is optimal
@@ -27,10 +28,14 @@ returns a `[B, K]` tensor that is 0 wherever `step_mask == 0`. Pick one by name 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from algo import registry
+from algo.normalize import zero_masked
 
 
 def _check_prefix(step_mask: Tensor) -> None:
@@ -39,62 +44,56 @@ def _check_prefix(step_mask: Tensor) -> None:
         raise ValueError("step_mask must be a prefix in every row (1.0 for steps 0..K_b-1, then 0.0)")
 
 
-def _masked(x: Tensor, step_mask: Tensor) -> Tensor:
-    # where, not multiply: a NaN / inf left in a missing step must not leak out as NaN
-    return torch.where(step_mask > 0, x, torch.zeros_like(x))
-
-
 def identity(rewards: Tensor, step_mask: Tensor) -> Tensor:
-    return _masked(rewards, step_mask)
+    return zero_masked(rewards, step_mask)
 
 
-def log_prob(rewards: Tensor, step_mask: Tensor, *, log_z: float = 0.0, min_value: float = -10.0) -> Tensor:
+def log_prob(rewards: Tensor, step_mask: Tensor, *, log_z: float, min_value: float) -> Tensor:
     tiny = torch.finfo(rewards.dtype).tiny  # log(0) -> very negative, then clipped to min_value
     out = torch.log(rewards.clamp_min(tiny)) + log_z
-    return _masked(out.clamp_min(min_value), step_mask)
+    return zero_masked(out.clamp_min(min_value), step_mask)
 
 
 def linear(rewards: Tensor, step_mask: Tensor) -> Tensor:
-    return _masked(2.0 * rewards - 1.0, step_mask)
+    return zero_masked(2.0 * rewards - 1.0, step_mask)
 
 
-def clip(rewards: Tensor, step_mask: Tensor, *, eta: float = 0.5) -> Tensor:
-    return _masked((rewards - eta).clamp_max(0.0), step_mask)
+def clip(rewards: Tensor, step_mask: Tensor, *, eta: float) -> Tensor:
+    return zero_masked((rewards - eta).clamp_max(0.0), step_mask)
 
 
-def delta(rewards: Tensor, step_mask: Tensor, *, keep_last: bool = True) -> Tensor:
+def delta(rewards: Tensor, step_mask: Tensor, *, keep_last: bool) -> Tensor:
     _check_prefix(step_mask)
-    r = _masked(rewards, step_mask)
+    r = zero_masked(rewards, step_mask)
     nxt = torch.zeros_like(r)
     nxt[:, :-1] = r[:, 1:]  # masked steps hold 0, so the last real step sees r_{K+1} = 0
     out = r - nxt
     if not keep_last:
         is_last = step_mask - torch.cat([step_mask[:, 1:], torch.zeros_like(step_mask[:, :1])], dim=1)
         out = out * (1.0 - is_last)
-    return _masked(out, step_mask)
+    return zero_masked(out, step_mask)
 
 
 def min_form(rewards: Tensor, step_mask: Tensor) -> Tensor:
     _check_prefix(step_mask)
     big = torch.where(step_mask > 0, rewards, torch.full_like(rewards, math.inf))
     suffix_min = torch.flip(torch.cummin(torch.flip(big, [1]), dim=1).values, [1])
-    return _masked(suffix_min, step_mask)
+    return zero_masked(suffix_min, step_mask)
 
 
-REWARD_TRANSFORMS: dict[str, Callable[..., Tensor]] = {
-    "identity": identity,
-    "log_prob": log_prob,
-    "linear": linear,
-    "clip": clip,
-    "delta": delta,
-    "min_form": min_form,
-}
+# registry name -> the function of that name above
+TRANSFORM_FNS: dict[str, Callable[..., Tensor]] = registry.bind(registry.TRANSFORMS, globals())
 
 
-def apply_reward_transform(name: str, rewards: Tensor, step_mask: Tensor, **params) -> Tensor:
-    """Apply the transform registered as `name`; [B, K] in, [B, K] out, 0 on missing steps."""
-    if name not in REWARD_TRANSFORMS:
-        raise ValueError(f"unknown reward transform {name!r}; valid names: {sorted(REWARD_TRANSFORMS)}")
+def apply_reward_transform(name: str, rewards: Tensor, step_mask: Tensor, **params: Any) -> Tensor:
+    """Apply the transform registered as `name` with its default parameters updated by `params`;
+    [B, K] in, [B, K] out, 0 on missing steps."""
+    if name not in TRANSFORM_FNS:
+        raise registry.unknown("reward transform", name, registry.TRANSFORMS)
+    defaults = registry.TRANSFORMS[name].params
+    extra = sorted(set(params) - set(defaults))
+    if extra:
+        raise ValueError(f"reward transform {name!r} has no parameters {extra}; it takes {sorted(defaults) or 'none'}")
     if rewards.shape != step_mask.shape or rewards.dim() != 2:
         raise ValueError(f"rewards {tuple(rewards.shape)} and step_mask {tuple(step_mask.shape)} must both be [B, K]")
-    return REWARD_TRANSFORMS[name](rewards, step_mask.to(rewards.dtype), **params)
+    return TRANSFORM_FNS[name](rewards, step_mask.to(rewards.dtype), **{**defaults, **params})

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import inspect
 import time
+from typing import Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
-from learner.batching import shard
+from engine.batching import shard
+from engine.process import thread_env
 from learner.rank import LearnerRank
 
 
@@ -28,7 +30,7 @@ _SET_BY_GROUP = ("rank", "world_size", "master_addr", "master_port", "log_file")
 
 @ray.remote(num_cpus=0)
 def _rendezvous_address() -> tuple[str, str, int]:
-    from learner.engine import free_port, node_ip
+    from engine.build import free_port, node_ip
 
     return ray.get_runtime_context().get_node_id(), node_ip(), free_port()
 
@@ -41,17 +43,30 @@ def _rank_kwargs_check(rank_kwargs: dict) -> None:
     fixed = sorted(set(rank_kwargs) & set(_SET_BY_GROUP))
     if fixed:
         raise TypeError(f"LearnerGroup: {fixed} are set by the group, remove them from rank_kwargs")
-    missing = sorted(n for n, p in params.items() if n != "self" and n not in _SET_BY_GROUP
-                     and p.default is inspect.Parameter.empty and n not in rank_kwargs)
+    missing = sorted(
+        n
+        for n, p in params.items()
+        if n != "self" and n not in _SET_BY_GROUP and p.default is inspect.Parameter.empty and n not in rank_kwargs
+    )
     if missing:
         raise TypeError(f"LearnerGroup: rank_kwargs is missing {missing}")
 
 
 class LearnerGroup:
-    def __init__(self, *, num_ranks: int, rank_kwargs: dict, cpus_per_rank: float = 1.0,
-                 gpus_per_rank: float = 0.0, timeout_s: float = 600.0, placement_group=None,
-                 bundle_indices: list[int] | None = None, scheduling_strategy=None, env_vars: dict | None = None,
-                 log_dir: str | None = None):
+    def __init__(
+        self,
+        *,
+        num_ranks: int,
+        rank_kwargs: dict,
+        cpus_per_rank: float = 1.0,
+        gpus_per_rank: float = 0.0,
+        timeout_s: float = 600.0,
+        placement_group=None,
+        bundle_indices: list[int] | None = None,
+        scheduling_strategy=None,
+        env_vars: dict | None = None,
+        log_dir: str | None = None,
+    ):
         """rank_kwargs: every LearnerRank argument except rank, world_size, master_addr, master_port and
         log_file. With a placement group, rank i runs in bundle bundle_indices[i] (default: bundle i).
         With log_dir, rank i writes its output to log_dir/learner-<i>.log."""
@@ -61,20 +76,35 @@ class LearnerGroup:
         self.num_ranks, self.timeout_s = num_ranks, timeout_s
         self.last_export: dict | None = None  # summary of the latest export_weights (tensors, bytes)
         strategies = self._strategies(num_ranks, placement_group, bundle_indices, scheduling_strategy)
-        node_id, addr, port = self.wait([_rendezvous_address.options(scheduling_strategy=strategies[0]).remote()],
-                                        "find the rendezvous address", names=["rank 0 placement"])[0]
+        node_id, addr, port = self.wait(
+            [_rendezvous_address.options(scheduling_strategy=strategies[0]).remote()],
+            "find the rendezvous address",
+            names=["rank 0 placement"],
+        )[0]
         if placement_group is None:  # pin rank 0 to the host whose port we just found free
             strategies[0] = NodeAffinitySchedulingStrategy(node_id=node_id, soft=False)
-        threads = str(rank_kwargs.get("threads", 1))
-        env = {"OMP_NUM_THREADS": threads, "MKL_NUM_THREADS": threads, "TOKENIZERS_PARALLELISM": "false",
-               **({"DS_ACCELERATOR": "cpu"} if rank_kwargs.get("backend") == "gloo" else {}), **(env_vars or {})}
+        env = {
+            **thread_env(rank_kwargs.get("threads", 1)),
+            **({"DS_ACCELERATOR": "cpu"} if rank_kwargs.get("backend") == "gloo" else {}),
+            **(env_vars or {}),
+        }
         actor_cls = ray.remote(LearnerRank)
-        self.ranks = [
-            actor_cls.options(num_cpus=cpus_per_rank, num_gpus=gpus_per_rank, scheduling_strategy=strategies[r],
-                              runtime_env={"env_vars": env})
-            .remote(rank=r, world_size=num_ranks, master_addr=addr, master_port=port,
-                    log_file=f"{log_dir}/learner-{r}.log" if log_dir else None, **rank_kwargs)
-            for r in range(num_ranks)]
+        self.ranks: list[Any] = [  # Ray actor handles of LearnerRank
+            actor_cls.options(
+                num_cpus=cpus_per_rank,
+                num_gpus=gpus_per_rank,
+                scheduling_strategy=strategies[r],
+                runtime_env={"env_vars": env},
+            ).remote(
+                rank=r,
+                world_size=num_ranks,
+                master_addr=addr,
+                master_port=port,
+                log_file=f"{log_dir}/learner-{r}.log" if log_dir else None,
+                **rank_kwargs,
+            )
+            for r in range(num_ranks)
+        ]
         self.master = (addr, port)
         try:
             self._call_all("global_steps", what="start (DeepSpeed init)")  # every constructor finished
@@ -91,8 +121,14 @@ class LearnerGroup:
         idx = list(range(n)) if bundle_indices is None else list(bundle_indices)
         if len(idx) != n:
             raise ValueError(f"bundle_indices has {len(idx)} entries for {n} learner ranks")
-        return [PlacementGroupSchedulingStrategy(placement_group=placement_group, placement_group_bundle_index=i,
-                                                 placement_group_capture_child_tasks=False) for i in idx]
+        return [
+            PlacementGroupSchedulingStrategy(
+                placement_group=placement_group,
+                placement_group_bundle_index=i,
+                placement_group_capture_child_tasks=False,
+            )
+            for i in idx
+        ]
 
     # ---- waiting with deadlines ----
 
@@ -105,8 +141,9 @@ class LearnerGroup:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 late = [names[i] for i in sorted(pending.values())]
-                raise LearnerError(f"{', '.join(late)}: '{what}' did not finish within {self.timeout_s:.0f}s "
-                                   "(train.timeout_s)")
+                raise LearnerError(
+                    f"{', '.join(late)}: '{what}' did not finish within {self.timeout_s:.0f}s (train.timeout_s)"
+                )
             for ref in ready:
                 i = pending.pop(ref)
                 try:
@@ -124,14 +161,14 @@ class LearnerGroup:
     def train_step(self, batch: dict) -> dict:
         """Split the batch into equal contiguous shards (B % num_ranks == 0), train, average metrics."""
         shards = shard(batch, self.num_ranks)
-        refs = [r.train_step.remote(s) for r, s in zip(self.ranks, shards)]
+        refs = [r.train_step.remote(s) for r, s in zip(self.ranks, shards, strict=True)]
         return average_metrics(self.wait(refs, "train_step"))
 
     def logprobs(self, batch: dict):
         """[B, L] log-probs of the batch under the current weights (rows in batch order)."""
         import torch
 
-        refs = [r.logprobs.remote(s) for r, s in zip(self.ranks, shard(batch, self.num_ranks))]
+        refs = [r.logprobs.remote(s) for r, s in zip(self.ranks, shard(batch, self.num_ranks), strict=True)]
         return torch.cat(self.wait(refs, "logprobs"))
 
     # ---- weights ----
@@ -144,13 +181,15 @@ class LearnerGroup:
         self.last_export = self.wait([summary for summary, _ in pairs], "export_weights")[0]
         return pairs[0][1]
 
-    def open_weight_channel(self, *, master_port: int, world_size: int, backend: str,
-                            device: str = "cpu") -> ray.ObjectRef:
+    def open_weight_channel(
+        self, *, master_port: int, world_size: int, backend: str, device: str = "cpu"
+    ) -> ray.ObjectRef:
         """GPU path (learner/weights.py): rank 0 hosts a BroadcastChannel of world_size members at
         (rank 0's address, master_port). Returns the ref of the weights metadata without waiting: the
         receivers must join (BroadcastChannel(rank=1..)) while this call is in flight."""
-        return self.ranks[0].open_weight_channel.remote(self.master[0], master_port, world_size, backend, device,
-                                                         self.timeout_s)
+        return self.ranks[0].open_weight_channel.remote(
+            self.master[0], master_port, world_size, backend, device, self.timeout_s
+        )
 
     def send_weights(self) -> list:
         """Start the broadcast on every rank (ZeRO-3 gathers); the caller waits on these refs together

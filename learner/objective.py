@@ -5,9 +5,9 @@
 PPO clipped surrogate (Schulman et al. 1707.06347) with clip-higher (DAPO 2503.14476) and dual clip
 (1912.09729) from algo.losses; KL in the loss with a k1/k2/k3 estimator as in GRPO (DeepSeekMath
 2402.03300 eq. 3, k3). Policy, KL and entropy terms share the aggregation `loss_agg` (token / step /
-sequence / token_sum_norm); the SFT NLL is a token mean over sft_mask (a supervised loss has no steps).
+sequence); the SFT NLL is a token mean over sft_mask (a supervised loss has no steps).
 
-Each term arrives pre-weighted (learner/batching.py): the caller passes the share of the global
+Each term arrives pre-weighted (engine/batching.py): the caller passes the share of the global
 mini-batch that this micro-batch holds, so the terms summed over micro-batches and ranks are exactly
 the globally aggregated loss. Pure torch; no DeepSpeed, so it is tested in-process.
 """
@@ -19,18 +19,26 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from algo.batch import shift_logprobs
-from algo.kl import KL_ESTIMATORS, kl_estimate
-from algo.losses import aggregate, entropy_from_logits, policy_loss
-from learner.batching import AGG_UNITS, agg_units, shift_right
+from algo.batch import shift_logprobs, valid_token_mask
+from algo.kl import kl_estimate
+from algo.losses import agg_units, aggregate, entropy_from_logits, policy_loss
+from engine.batching import shift_right
 
-REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "behavior_logprobs",
-                 "advantages", "sample_valid")
+REQUIRED_KEYS = (
+    "input_ids",
+    "attention_mask",
+    "response_mask",
+    "step_index",
+    "behavior_logprobs",
+    "advantages",
+    "sample_valid",
+)
 
 
 @dataclass(frozen=True)
 class ObjectiveCoefs:
-    """Plain numbers of the objective (kept together because every micro-batch needs all of them)."""
+    """Plain numbers of the objective (kept together because every micro-batch needs all of them); the
+    config validation checks their ranges, the algo functions their names."""
 
     clip_low: float
     clip_high: float
@@ -41,17 +49,6 @@ class ObjectiveCoefs:
     kl_estimator: str
     sft_coef: float
 
-    def __post_init__(self):
-        if self.loss_agg not in AGG_UNITS:
-            raise ValueError(f"loss_agg must be one of {sorted(AGG_UNITS)}, got {self.loss_agg!r}")
-        if self.kl_estimator not in KL_ESTIMATORS:
-            raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {self.kl_estimator!r}")
-        if self.dual_clip is not None and self.dual_clip <= 1.0:
-            raise ValueError(f"dual_clip must be > 1 or None, got {self.dual_clip}")
-        for name in ("clip_low", "clip_high", "entropy_coef", "kl_coef", "sft_coef"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
 
 def check_policy_batch(batch: dict, coefs: ObjectiveCoefs) -> None:
     """Fail early, naming the key, instead of training on a batch that silently lacks a term."""
@@ -59,54 +56,61 @@ def check_policy_batch(batch: dict, coefs: ObjectiveCoefs) -> None:
     if missing:
         raise KeyError(f"policy batch is missing {missing} (has {sorted(batch)})")
     if coefs.kl_coef > 0 and "ref_logprobs" not in batch:
-        raise KeyError("kl_coef > 0 but the batch has no 'ref_logprobs' (run the reference worker, or set "
-                       "kl_coef=0 when the KL goes into the reward)")
+        raise KeyError(
+            "kl_coef > 0 but the batch has no 'ref_logprobs' (run the reference worker, or set "
+            "kl_coef=0 when the KL goes into the reward)"
+        )
     if coefs.sft_coef > 0 and "sft_mask" not in batch:
         raise KeyError("sft_coef > 0 but the batch has no 'sft_mask'")
 
 
-def loss_mask(batch: dict) -> Tensor:
-    """response_mask * sample_valid: a masked sample contributes nothing to any term."""
-    return batch["response_mask"].float() * batch["sample_valid"].float()[:, None]
-
-
-def sft_loss_mask(batch: dict) -> Tensor:
-    return batch["sft_mask"].float() * batch["sample_valid"].float()[:, None]
-
-
 def units(batch: dict, coefs: ObjectiveCoefs) -> Tensor:
     """[3] = (policy aggregation units, SFT tokens, response tokens) of a (micro-)batch."""
-    mask, step = loss_mask(batch), batch["step_index"]
-    sft = sft_loss_mask(batch).sum() if "sft_mask" in batch else mask.new_zeros(())
+    mask, step = valid_token_mask(batch), batch["step_index"]
+    sft = valid_token_mask(batch, "sft_mask").sum() if "sft_mask" in batch else mask.new_zeros(())
     return torch.stack([agg_units(mask, step, coefs.loss_agg), sft, mask.sum()])
 
 
-def micro_objective(logits: Tensor, micro: dict, old_logprobs: Tensor, weights: tuple[float, float, float],
-                    coefs: ObjectiveCoefs) -> tuple[Tensor, dict[str, float]]:
+def micro_objective(
+    logits: Tensor, micro: dict, old_logprobs: Tensor, weights: tuple[float, float, float], coefs: ObjectiveCoefs
+) -> tuple[Tensor, dict[str, float]]:
     """Weighted loss of one micro-batch and its weighted metrics (sums over micro-batches are global).
 
     logits [b, L, V]; old_logprobs [b, L]; weights = (policy-term share, SFT share, token share).
     """
     w_pol, w_sft, w_tok = weights
-    mask, step = loss_mask(micro), micro["step_index"]
-    logprobs = shift_logprobs(logits, micro["input_ids"])                               # [b, L]
-    pol, st = policy_loss(logprobs, old_logprobs, micro["advantages"].float(), mask, step,
-                          clip_low=coefs.clip_low, clip_high=coefs.clip_high, dual_clip=coefs.dual_clip,
-                          agg=coefs.loss_agg)
+    mask, step = valid_token_mask(micro), micro["step_index"]
+    logprobs = shift_logprobs(logits, micro["input_ids"])  # [b, L]
+    pol, st = policy_loss(
+        logprobs,
+        old_logprobs,
+        micro["advantages"].float(),
+        mask,
+        step,
+        clip_low=coefs.clip_low,
+        clip_high=coefs.clip_high,
+        dual_clip=coefs.dual_clip,
+        agg=coefs.loss_agg,
+    )
     # Entropy of the distribution token t was drawn from lives at logits[t-1].
     with torch.set_grad_enabled(torch.is_grad_enabled() and coefs.entropy_coef > 0):
         ent = aggregate(shift_right(entropy_from_logits(logits)), mask, step, coefs.loss_agg)
     loss = w_pol * (pol - coefs.entropy_coef * ent)
-    metrics = {"policy_loss": w_pol * float(pol.detach()), "entropy": w_pol * float(ent.detach()),
-               "clip_frac": w_tok * st["clip_frac"], "approx_kl": w_tok * st["approx_kl"]}
+    metrics = {
+        "policy_loss": w_pol * float(pol.detach()),
+        "entropy": w_pol * float(ent.detach()),
+        "clip_frac": w_tok * st["clip_frac"],
+        "approx_kl": w_tok * st["approx_kl"],
+    }
     if "ref_logprobs" in micro:
-        kl = aggregate(kl_estimate(logprobs, micro["ref_logprobs"].float(), coefs.kl_estimator), mask, step,
-                       coefs.loss_agg)
+        kl = aggregate(
+            kl_estimate(logprobs, micro["ref_logprobs"].float(), coefs.kl_estimator), mask, step, coefs.loss_agg
+        )
         if coefs.kl_coef > 0:
             loss = loss + w_pol * coefs.kl_coef * kl
         metrics["kl"] = w_pol * float(kl.detach())
     if "sft_mask" in micro:
-        nll = aggregate(-logprobs, sft_loss_mask(micro), step, "token")
+        nll = aggregate(-logprobs, valid_token_mask(micro, "sft_mask"), step, "token")
         if coefs.sft_coef > 0:
             loss = loss + w_sft * coefs.sft_coef * nll
         metrics["sft_nll"] = w_sft * float(nll.detach())

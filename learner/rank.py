@@ -7,85 +7,107 @@ A train step is PPO (Schulman et al. 1707.06347) on a batch of step-segmented sa
 2. ppo_epochs passes, each over mini_batches shuffled mini-batches, one optimizer update per mini-batch,
    with micro-batch gradient accumulation; the objective is learner/objective.py.
 Departure from a plain DeepSpeed loop: the micro-batch losses are weighted by their share of the global
-mini-batch (learner/batching.py) and backward runs with scale_wrt_gas=False, so gradients do not depend
+mini-batch (engine/batching.py) and backward runs with scale_wrt_gas=False, so gradients do not depend
 on how the batch was cut into micro-batches or ranks. The accumulation boundary is set explicitly
 because the number of micro-batches may change from one step to the next.
 """
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from algo.batch import shift_logprobs
+from algo.batch import shift_logprobs, valid_token_mask
 from algo.fingerprint import weights_fingerprint
-from learner.batching import (
+from engine.batching import (
+    accumulated_step,
     all_reduce_sum,
     batch_size,
     check_rows,
+    epochs_of_updates,
     forward_logits,
     micro_slices,
-    minibatch_rows,
-    select,
 )
-from learner.engine import (
-    SCHEDULES,
-    accumulated_step,
-    build_engine,
-    init_distributed,
-    load_engine_checkpoint,
-    load_rng,
-    prepare_process,
-    save_engine_checkpoint,
-    save_rng,
-)
-from learner.objective import ObjectiveCoefs, check_policy_batch, loss_mask, micro_objective, units
+from engine.build import build_engine, init_distributed, load_checkpoint, save_checkpoint
+from engine.process import prepare_process, seed_everything
+from learner.objective import ObjectiveCoefs, check_policy_batch, micro_objective, units
 from learner.weights import BroadcastChannel, weights_summary
 
 METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_frac", "approx_kl", "sft_nll")
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 class LearnerRank:
-    def __init__(self, *, rank: int, world_size: int, master_addr: str, master_port: int, model_dir: str,
-                 backend: str, zero_stage: int, micro_batch_size: int, lr: float, weight_decay: float,
-                 warmup_steps: int, total_steps: int, schedule: str, grad_clip: float, ppo_epochs: int,
-                 mini_batches: int, clip_low: float, clip_high: float, dual_clip: float | None, loss_agg: str,
-                 entropy_coef: float, kl_coef: float, kl_estimator: str, sft_coef: float, seed: int,
-                 threads: int = 1, dtype: str = "float32", timeout_s: float = 600.0, deterministic: bool = False,
-                 trust_remote_code: bool = False, log_file: str | None = None):
+    def __init__(
+        self,
+        *,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        model_dir: str,
+        backend: str,
+        zero_stage: int,
+        micro_batch_size: int,
+        lr: float,
+        weight_decay: float,
+        warmup_steps: int,
+        total_steps: int,
+        schedule: str,
+        grad_clip: float,
+        ppo_epochs: int,
+        mini_batches: int,
+        clip_low: float,
+        clip_high: float,
+        dual_clip: float | None,
+        loss_agg: str,
+        entropy_coef: float,
+        kl_coef: float,
+        kl_estimator: str,
+        sft_coef: float,
+        seed: int,
+        threads: int = 1,
+        dtype: str = "float32",
+        timeout_s: float = 600.0,
+        deterministic: bool = False,
+        trust_remote_code: bool = False,
+        log_file: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM
 
-        if dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"learner dtype must be float32 or bfloat16, got {dtype!r}")
-        if ppo_epochs < 1 or mini_batches < 1:
-            raise ValueError(f"ppo_epochs ({ppo_epochs}) and mini_batches ({mini_batches}) must be >= 1")
-        if schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {sorted(SCHEDULES)}, got {schedule!r}")
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         seed_everything(seed)
         self.rank, self.world_size, self.model_dir = rank, world_size, str(model_dir)
         self.micro_batch_size, self.ppo_epochs, self.mini_batches = micro_batch_size, ppo_epochs, mini_batches
-        self.coefs = ObjectiveCoefs(clip_low=clip_low, clip_high=clip_high, dual_clip=dual_clip,
-                                    loss_agg=loss_agg, entropy_coef=entropy_coef, kl_coef=kl_coef,
-                                    kl_estimator=kl_estimator, sft_coef=sft_coef)
+        self.coefs = ObjectiveCoefs(
+            clip_low=clip_low,
+            clip_high=clip_high,
+            dual_clip=dual_clip,
+            loss_agg=loss_agg,
+            entropy_coef=entropy_coef,
+            kl_coef=kl_coef,
+            kl_estimator=kl_estimator,
+            sft_coef=sft_coef,
+        )
         init_distributed(rank, world_size, master_addr, master_port, backend, timeout_s=timeout_s)
-        model = AutoModelForCausalLM.from_pretrained(self.model_dir, dtype=torch.float32,
-                                                     trust_remote_code=trust_remote_code)
-        self.engine = build_engine(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                   total_steps=total_steps, schedule=schedule, zero_stage=zero_stage,
-                                   micro_batch_size=micro_batch_size, grad_accum=1, grad_clip=grad_clip,
-                                   bf16=dtype == "bfloat16")
+        model = AutoModelForCausalLM.from_pretrained(
+            self.model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+        )
+        self.engine = build_engine(
+            model,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            schedule=schedule,
+            zero_stage=zero_stage,
+            micro_batch_size=micro_batch_size,
+            grad_accum=1,
+            grad_clip=grad_clip,
+            bf16=dtype == "bfloat16",
+        )
         self.zero3 = zero_stage == 3
 
     # ---- training ----
@@ -104,35 +126,36 @@ class LearnerRank:
 
     def train_step(self, batch: dict) -> dict:
         """PPO on this rank's shard; returns global (all-rank) metrics as floats."""
-        B = check_rows(batch)
+        check_rows(batch)
         check_policy_batch(batch, self.coefs)
         old = self.logprobs(batch)
-        mask = loss_mask(batch)
+        mask = valid_token_mask(batch)
         gap = torch.stack([((old - batch["behavior_logprobs"].float()).abs() * mask).sum(), mask.sum()])
         gap = all_reduce_sum(gap)
-        sums, updates = {k: 0.0 for k in METRICS}, []
-        for _ in range(self.ppo_epochs):
-            for rows in minibatch_rows(B, self.mini_batches):
-                stats, grad_norm, lr = self._update(select(batch, rows), old[rows])
-                for k in METRICS:
-                    sums[k] += stats.get(k, 0.0)
-                updates.append((grad_norm, lr))
-        n = len(updates)
-        metrics = {k: v / n for k, v in sums.items()}
-        metrics.update(grad_norm=sum(g for g, _ in updates) / n, lr=updates[-1][1],
-                       logprob_diff=float(gap[0] / gap[1].clamp_min(1.0)), tokens=float(gap[1]))
-        return metrics
+        metrics = epochs_of_updates(
+            batch,
+            epochs=self.ppo_epochs,
+            mini_batches=self.mini_batches,
+            keys=METRICS,
+            update=lambda mini, rows: self._update(mini, old[rows]),
+        )
+        return {**metrics, "logprob_diff": float(gap[0] / gap[1].clamp_min(1.0)), "tokens": float(gap[1])}
 
     def _update(self, mini: dict, old: torch.Tensor) -> tuple[dict, float, float]:
         """One optimizer step on a mini-batch; returns global metrics, grad norm, lr."""
+
         def loss_fn(micro, rows, weights):
             logits = forward_logits(self.engine, micro["input_ids"], micro["attention_mask"])
             return micro_objective(logits, micro, old[rows], weights, self.coefs)
 
         # units(): (policy aggregation units, SFT tokens, response tokens)
-        return accumulated_step(self.engine, mini, micro_batch_size=self.micro_batch_size,
-                                unit_modes=(self.coefs.loss_agg, "token", "token"),
-                                units_fn=lambda micro: units(micro, self.coefs), loss_fn=loss_fn)
+        return accumulated_step(
+            self.engine,
+            mini,
+            micro_batch_size=self.micro_batch_size,
+            units_fn=lambda micro: units(micro, self.coefs),
+            loss_fn=loss_fn,
+        )
 
     # ---- weights ----
 
@@ -155,18 +178,33 @@ class LearnerRank:
         named = self.named_weights()
         return {"rank": self.rank, **weights_summary(named)}, named
 
-    def open_weight_channel(self, master_addr: str, master_port: int, world_size: int, backend: str,
-                            device: str = "cpu", timeout_s: float = 600.0) -> list:
+    def open_weight_channel(
+        self,
+        master_addr: str,
+        master_port: int,
+        world_size: int,
+        backend: str,
+        device: str = "cpu",
+        timeout_s: float = 600.0,
+    ) -> list:
         """Rank 0 joins a BroadcastChannel as its sender (GPU path, learner/weights.py); returns the
         weights metadata receivers need. Other ranks return []."""
         if self.rank != 0:
             return []
-        self.channel = BroadcastChannel(master_addr=master_addr, master_port=master_port, rank=0,
-                                        world_size=world_size, backend=backend, device=device,
-                                        timeout_s=timeout_s)
+        self.channel = BroadcastChannel(
+            master_addr=master_addr,
+            master_port=master_port,
+            rank=0,
+            world_size=world_size,
+            backend=backend,
+            device=device,
+            timeout_s=timeout_s,
+        )
         # ZeRO-3 keeps the full shape of a partitioned parameter in ds_shape.
-        return [(n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                for n, p in self.engine.module.named_parameters()]
+        return [
+            (n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+            for n, p in self.engine.module.named_parameters()
+        ]
 
     def send_weights(self) -> int:
         """Broadcast the weights over the channel (every rank calls it: ZeRO-3 gathers); returns count."""
@@ -189,18 +227,12 @@ class LearnerRank:
     def save_checkpoint(self, ckpt_dir: str, client_state: dict) -> str:
         """DeepSpeed engine state (weights, optimizer, scheduler, step) + this rank's RNG state.
         Every rank must call it with the same directory (on a filesystem all ranks share)."""
-        save_engine_checkpoint(self.engine, ckpt_dir, client_state)
-        save_rng(str(Path(ckpt_dir) / f"rng_rank{self.rank}.json"))
+        save_checkpoint(self.engine, ckpt_dir, client_state, f"rng_rank{self.rank}.json")
         return str(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         """Restore what save_checkpoint wrote; returns the client_state."""
-        client_state = load_engine_checkpoint(self.engine, ckpt_dir, f"learner rank {self.rank}")
-        rng_file = Path(ckpt_dir) / f"rng_rank{self.rank}.json"
-        if not rng_file.exists():
-            raise FileNotFoundError(f"learner rank {self.rank}: missing RNG state {rng_file}")
-        load_rng(str(rng_file))
-        return client_state
+        return load_checkpoint(self.engine, ckpt_dir, f"rng_rank{self.rank}.json", f"learner rank {self.rank}")
 
     def global_steps(self) -> int:
         """Optimizer updates taken so far (restored by load_checkpoint)."""

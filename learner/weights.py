@@ -19,8 +19,8 @@ test the protocol), with "nccl" on GPUs (untested here: no GPU on this machine).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
-from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -40,8 +40,9 @@ def check_names(named: list[tuple[str, Tensor]], expected: Iterable[str]) -> Non
     """Raise naming the missing / unexpected weights (a renamed layer must not be skipped silently)."""
     have, want = {n for n, _ in named}, set(expected)
     if have != want:
-        raise ValueError(f"weight names differ: missing {sorted(want - have)[:10]}, "
-                         f"unexpected {sorted(have - want)[:10]}")
+        raise ValueError(
+            f"weight names differ: missing {sorted(want - have)[:10]}, unexpected {sorted(have - want)[:10]}"
+        )
 
 
 def _process_group(backend: str, store, rank: int, world_size: int, timeout: timedelta):
@@ -50,11 +51,12 @@ def _process_group(backend: str, store, rank: int, world_size: int, timeout: tim
     classes = {"gloo": getattr(dist, "ProcessGroupGloo", None), "nccl": getattr(dist, "ProcessGroupNCCL", None)}
     if backend not in classes:
         raise ValueError(f"BroadcastChannel backend must be one of {sorted(classes)}, got {backend!r}")
-    if classes[backend] is None:
+    group_cls = classes[backend]
+    if group_cls is None:
         raise RuntimeError(f"this torch build has no {backend} process group")
     if backend == "gloo":
-        return classes[backend](store, rank, world_size, timeout)
-    return classes[backend](store, rank, world_size)
+        return group_cls(store, rank, world_size, timeout)
+    return group_cls(store, rank, world_size)
 
 
 class BroadcastChannel:
@@ -64,8 +66,17 @@ class BroadcastChannel:
     touches the default torch.distributed world, so a DeepSpeed rank and a vLLM worker can both join.
     """
 
-    def __init__(self, *, master_addr: str, master_port: int, rank: int, world_size: int, backend: str = "nccl",
-                 device: str = "cpu", timeout_s: float = 600.0):
+    def __init__(
+        self,
+        *,
+        master_addr: str,
+        master_port: int,
+        rank: int,
+        world_size: int,
+        backend: str = "nccl",
+        device: str = "cpu",
+        timeout_s: float = 600.0,
+    ):
         import torch.distributed as dist
 
         timeout = timedelta(seconds=timeout_s)

@@ -16,14 +16,23 @@ import ray
 from omegaconf import DictConfig
 
 from algo.trajectory import PromptRequest
-from orchestrator.data import make_task, step_problems
+from engine.process import prepare_process
+from orchestrator.data import step_problems, task_from_config
 from orchestrator.roles import start_roles
 from orchestrator.rundir import atomic_write_text, jsonable, open_run_dir
-from orchestrator.runtime import env_threads, init_ray
+from orchestrator.runtime import init_ray
 from orchestrator.step import train_step
 
-KEYS = ("timing/generate_s", "timing/reward_s", "timing/train_s", "timing/sync_s", "timing/step_s",
-        "sync/load_s", "perf/tokens_per_s", "stream/scored_during_generation")
+KEYS = (
+    "timing/generate_s",
+    "timing/reward_s",
+    "timing/train_s",
+    "timing/sync_s",
+    "timing/step_s",
+    "sync/load_s",
+    "perf/tokens_per_s",
+    "stream/scored_during_generation",
+)
 
 
 def config_as_given(path: str) -> str:
@@ -34,9 +43,10 @@ def config_as_given(path: str) -> str:
 
 def run_bench(cfg: DictConfig, args=None) -> dict:
     from orchestrator.train import ensure_policy, settings
+
     run_dir = open_run_dir(cfg)
-    env_threads(cfg.cluster.threads_per_actor)
-    policy_dir, task = ensure_policy(cfg), make_task(cfg)
+    prepare_process(cfg.cluster.threads_per_actor)
+    policy_dir, task = ensure_policy(cfg), task_from_config(cfg)
     t0 = time.time()
     started = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
@@ -46,8 +56,10 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
     steps, version = [], 0
     try:
         for step in range(1, cfg.train.steps + 1):
-            requests = [PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
-                        for g, p in enumerate(step_problems(cfg, task, step - 1))]
+            requests = [
+                PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
+                for g, p in enumerate(step_problems(cfg, task, step - 1))
+            ]
             m, _ = train_step(roles, settings(cfg, roles, step), requests, version)
             version = m.get("policy_version", version)
             steps.append({k: m[k] for k in KEYS if k in m})
@@ -56,12 +68,18 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
         if started:
             ray.shutdown()
     measured = steps[1:] or steps
-    result = {"config": config_as_given(args.config) if args else None, "steps": len(steps),
-              "samples_per_step": cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-              "learner_ranks": cfg.learner.num_ranks, "zero_stage": cfg.learner.zero_stage,
-              "ray_init_s": t_ray - t0, "roles_start_s": t_roles - t_ray,
-              "median": {k: statistics.median(s[k] for s in measured) for k in KEYS if k in measured[0]},
-              "per_step": steps, "machine": {"cpus": os.cpu_count(), "python": platform.python_version()}}
+    result = {
+        "config": config_as_given(args.config) if args else None,
+        "steps": len(steps),
+        "samples_per_step": cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+        "learner_ranks": cfg.learner.num_ranks,
+        "zero_stage": cfg.learner.zero_stage,
+        "ray_init_s": t_ray - t0,
+        "roles_start_s": t_roles - t_ray,
+        "median": {k: statistics.median(s[k] for s in measured) for k in KEYS if k in measured[0]},
+        "per_step": steps,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+    }
     out = (args.out if args and args.out else None) or os.path.join(run_dir, "bench.json")
     atomic_write_text(out, json.dumps(jsonable(result), indent=1) + "\n")
     print(json.dumps(jsonable(result["median"]), indent=1))

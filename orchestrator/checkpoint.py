@@ -12,8 +12,8 @@ import json
 import os
 import shutil
 
-from learner.engine import load_rng, save_rng
-from orchestrator.runtime import get
+from engine.process import load_rng, save_rng
+from orchestrator.runtime import ray_get
 
 PREFIX = "step_"
 
@@ -26,8 +26,9 @@ def latest_checkpoint(run_dir: str) -> str | None:
     root = checkpoint_root(run_dir)
     if not os.path.isdir(root):
         return None
-    done = sorted(d for d in os.listdir(root) if d.startswith(PREFIX)
-                  and os.path.isfile(os.path.join(root, d, "state.json")))
+    done = sorted(
+        d for d in os.listdir(root) if d.startswith(PREFIX) and os.path.isfile(os.path.join(root, d, "state.json"))
+    )
     return os.path.join(root, done[-1]) if done else None
 
 
@@ -39,10 +40,11 @@ def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: floa
     os.makedirs(tmp)
     roles.learner.save_checkpoint(os.path.join(tmp, "learner"), {"step": state["step"]})
     if roles.critic is not None:
-        get(roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint",
-            timeout_s)
+        ray_get(
+            roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint", timeout_s
+        )
     save_rng(os.path.join(tmp, "driver_rng.json"))
-    with open(os.path.join(tmp, "state.json"), "w") as fh:   # written last: its presence marks completeness
+    with open(os.path.join(tmp, "state.json"), "w") as fh:  # written last: its presence marks completeness
         json.dump(state, fh, indent=1)
     fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
@@ -72,8 +74,9 @@ def _fsync_path(path: str) -> None:
 def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
     roles.learner.load_checkpoint(os.path.join(path, "learner"))
     if roles.critic is not None:
-        get(roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint",
-            timeout_s)
+        ray_get(
+            roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint", timeout_s
+        )
     load_rng(os.path.join(path, "driver_rng.json"))
     with open(os.path.join(path, "state.json")) as fh:
         return json.load(fh)

@@ -15,21 +15,37 @@ from orchestrator.validate import ConfigError, explain, load_config
 
 # name -> (module, function, one-line help). Each function takes (cfg, args) and returns a summary dict.
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": ("orchestrator.train", "run_train", "step-level RL (PPO / GRPO) on Ray: vLLM generators, "
-              "reward / critic / reference actors, DeepSpeed learners"),
-    "sft": ("orchestrator.sft_command", "run_sft_command", "supervised fine-tuning of the tiny policy "
-            "on generated correct solutions"),
-    "eval": ("orchestrator.eval_command", "run_eval_command", "held-out accuracy, pass@k, step accuracy "
-             "and first-error histogram of a policy"),
-    "bench": ("orchestrator.bench", "run_bench", "time generation, scoring, learner step and weight sync "
-              "over train.steps real steps; writes JSON"),
-    "config": ("orchestrator.cli", "show_config", "validate a config and print it resolved "
-               "(--explain: every field with its doc)"),
+    "train": (
+        "orchestrator.train",
+        "run_train",
+        "step-level RL (PPO / GRPO) on Ray: vLLM generators, reward / critic / reference actors, DeepSpeed learners",
+    ),
+    "sft": (
+        "orchestrator.sft_command",
+        "run_sft_command",
+        "supervised fine-tuning of the tiny policy on generated correct solutions",
+    ),
+    "eval": (
+        "orchestrator.eval_command",
+        "run_eval_command",
+        "held-out accuracy, pass@k, step accuracy and first-error histogram of a policy",
+    ),
+    "bench": (
+        "orchestrator.bench",
+        "run_bench",
+        "time generation, scoring, learner step and weight sync over train.steps real steps; writes JSON",
+    ),
+    "config": (
+        "orchestrator.cli",
+        "show_config",
+        "validate a config and print it resolved (--explain: every field with its doc)",
+    ),
 }
 
 
 def show_config(cfg, args) -> dict:
     from omegaconf import OmegaConf
+
     if args.explain:
         print("\n".join(explain()))
     else:
@@ -39,9 +55,11 @@ def show_config(cfg, args) -> dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="steprl", description="Step-level RL for reasoning language models on Ray.",
+        prog="steprl",
+        description="Step-level RL for reasoning language models on Ray.",
         epilog="Every command: steprl <command> CONFIG [key=value ...], e.g. "
-               "steprl train configs/demo_cpu.yaml algo.estimator=grpo_process")
+        "steprl train configs/demo_cpu.yaml algo.estimator=grpo_process",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, (_, _, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -69,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         if not _is_role_failure(e):
             raise
         from orchestrator.rundir import logs_dir
-        print(f"steprl {args.command}: {type(e).__name__}: {e}\nactor logs: {logs_dir(cfg.run_dir)}; "
-              "continue from the newest checkpoint with resume=true", file=sys.stderr)
+
+        print(
+            f"steprl {args.command}: {type(e).__name__}: {e}\nactor logs: {logs_dir(cfg.run_dir)}; "
+            "continue from the newest checkpoint with resume=true",
+            file=sys.stderr,
+        )
         return 1
     if summary:
         print(f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")
@@ -81,6 +103,7 @@ def _is_role_failure(e: Exception) -> bool:
     """A role died, failed or timed out: a clear one-paragraph error, not a traceback of the driver."""
     from learner.group import LearnerError
     from orchestrator.runtime import RoleError
+
     return isinstance(e, (RoleError, LearnerError))
 
 

@@ -10,6 +10,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from algo import registry
+from algo.schedules import SCHEDULES
+
+# The actor roles of a run (cluster.roles.<role>), and the dtypes every role can run in.
+ROLES = ("generator", "reward", "critic", "reference", "learner")
+DTYPES = ("float32", "bfloat16")
+
+
+def _names(names) -> str:
+    return " | ".join(names)
+
+
+def _used_by(param: str) -> str:
+    """The estimators that take algo.<param> (from the registry, so the doc cannot go stale)."""
+    return " (" + ", ".join(n for n, e in registry.ESTIMATORS.items() if param in e.params) + ")"
+
 
 def f(default: Any, doc: str, **kw):
     """A dataclass field with its one-line doc kept in metadata (for --explain and error messages)."""
@@ -21,7 +37,9 @@ def f(default: Any, doc: str, **kw):
 
 @dataclass
 class TaskConfig:
-    kind: str = f("arithmetic", "task source: 'arithmetic' (generated chains) or 'jsonl' (prompt/answer rows)")
+    kind: str = f(
+        "arithmetic", "task kind (tasks.TASKS): 'arithmetic' (generated chains) or 'jsonl' (prompt/answer rows)"
+    )
     min_steps: int = f(2, "fewest operations in a generated chain")
     max_steps: int = f(5, "most operations in a generated chain")
     modulus: int = f(10, "arithmetic is done modulo this number")
@@ -36,13 +54,16 @@ class TaskConfig:
 class ModelConfig:
     policy: str = f("tasks/assets/base_policy", "policy model directory (HF format) RL starts from")
     critic: Optional[str] = f(None, "critic model directory; null = value head on a copy of the policy")
-    dtype: str = f("float32", "generator / learner dtype: float32 | bfloat16 | float16")
+    dtype: str = f("float32", f"dtype of every role's model: {_names(DTYPES)}")
     hidden: int = f(128, "tiny policy width (only when SFT creates the policy)")
     layers: int = f(4, "tiny policy layers (only when SFT creates the policy)")
     heads: int = f(4, "tiny policy attention heads (only when SFT creates the policy)")
     kv_heads: int = f(2, "tiny policy key/value heads (only when SFT creates the policy)")
-    sft_if_missing: bool = f(False, "run SFT to create model.policy when it does not exist (otherwise a missing "
-                             "policy is an error; the committed default policy is always re-created)")
+    sft_if_missing: bool = f(
+        False,
+        "run SFT to create model.policy when it does not exist (otherwise a missing "
+        "policy is an error; the committed default policy is always re-created)",
+    )
     trust_remote_code: bool = f(False, "let transformers / vLLM run Python code shipped in model directories")
 
 
@@ -80,32 +101,42 @@ class RewardSourceConfig:
 class RewardConfig:
     sources: list[RewardSourceConfig] = f(
         lambda: [RewardSourceConfig("oracle", 1.0), RewardSourceConfig("outcome", 1.0)],
-        "reward sources; step sources (oracle, prm) give step rewards, outcome sources the outcome reward")
+        "reward sources; step sources (oracle, prm) give step rewards, outcome sources the outcome reward",
+    )
     meaning: str = f("step_correct", "what an oracle step reward means: step_correct | prefix_correct")
-    transform: str = f("identity", "step reward transform (algo.transforms registry)")
-    transform_params: dict[str, float] = f({}, "keyword arguments of the transform")
-    max_masked_fraction: float = f(0.5, "stop the run when more than this fraction of a step's samples is masked "
-                                   "(a reward source failed) for reward.max_masked_steps steps in a row")
+    transform: str = f("identity", f"step reward transform: {_names(registry.TRANSFORMS)}")
+    transform_params: dict[str, float] = f(
+        {}, "parameters of the transform, overriding its defaults (algo.registry.TRANSFORMS)"
+    )
+    max_masked_fraction: float = f(
+        0.5,
+        "stop the run when more than this fraction of a step's samples is masked "
+        "(a reward source failed) for reward.max_masked_steps steps in a row",
+    )
     max_masked_steps: int = f(3, "consecutive steps above reward.max_masked_fraction before the run stops")
 
 
 @dataclass
 class AlgoConfig:
-    estimator: str = f("grpo_process", "advantage estimator (algo.advantages registry)")
-    gamma: float = f(1.0, "discount (gae, step_ppo)")
-    lam: float = f(0.95, "GAE lambda (gae, step_ppo)")
-    outcome_weight: float = f(1.0, "weight of the outcome reward added to the last step (process estimators)")
-    std_normalize: bool = f(True, "divide group-centred rewards by the group std (False: Dr. GRPO)")
-    pav_alpha: float = f(1.0, "weight of the prover advantage (pav)")
+    estimator: str = f("grpo_process", f"advantage estimator: {_names(registry.ESTIMATORS)}")
+    gamma: float = f(1.0, "discount" + _used_by("gamma"))
+    lam: float = f(0.95, "GAE lambda" + _used_by("lam"))
+    outcome_weight: float = f(
+        1.0,
+        "weight of the outcome reward added to the last step; 0 = process rewards "
+        "only, as in DeepSeekMath" + _used_by("outcome_weight"),
+    )
+    std_normalize: bool = f(True, "divide centred rewards by their std (False: Dr. GRPO)" + _used_by("std_normalize"))
+    pav_alpha: float = f(1.0, "weight of the prover advantage" + _used_by("pav_alpha"))
     whiten: bool = f(False, "whiten advantages over the batch after the estimator")
     kl_coef: float = f(0.0, "KL(policy || reference) coefficient; 0 disables the reference worker")
-    kl_estimator: str = f("k3", "KL estimator: k1 | k2 | k3")
-    kl_in: str = f("loss", "where the KL goes: loss | reward")
+    kl_estimator: str = f("k3", f"KL estimator: {_names(registry.KL_ESTIMATORS)}")
+    kl_in: str = f("loss", f"where the KL goes: {_names(registry.KL_PLACEMENTS)}")
     clip_low: float = f(0.2, "PPO ratio clip below 1")
     clip_high: float = f(0.28, "PPO ratio clip above 1 (clip-higher)")
     dual_clip: Optional[float] = f(None, "dual-clip constant c > 1 for negative advantages; null disables")
     value_clip: Optional[float] = f(0.2, "value-loss clip range; null disables")
-    loss_agg: str = f("token", "loss aggregation: token | step | sequence")
+    loss_agg: str = f("token", f"loss aggregation: {_names(registry.LOSS_AGGREGATIONS)}")
     entropy_coef: float = f(0.0, "entropy bonus coefficient")
     sft_coef: float = f(0.0, "coefficient of a supervised NLL on correct samples mixed into the policy loss")
 
@@ -119,7 +150,7 @@ class LearnerConfig:
     lr: float = f(2e-4, "policy learning rate (AdamW)")
     weight_decay: float = f(0.0, "AdamW weight decay")
     warmup_steps: int = f(0, "linear lr warm-up in optimizer steps")
-    schedule: str = f("constant", "lr schedule after warm-up: constant | cosine")
+    schedule: str = f("constant", f"lr schedule after warm-up: {_names(SCHEDULES)}")
     grad_clip: float = f(1.0, "gradient norm clip")
     ppo_epochs: int = f(1, "passes over each batch")
     mini_batches: int = f(1, "optimizer steps per pass (the batch is split into this many)")
@@ -141,10 +172,14 @@ class TrainConfig:
     checkpoint_every: int = f(10, "write a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = f(2, "checkpoints kept in run_dir/checkpoints")
     timeout_s: float = f(600.0, "deadline of every ray.get / ray.wait on a role (and of learner collectives)")
-    deterministic: bool = f(True, "identical metrics for reruns and resumes of one config on the same machine: "
-                            "fixed batch order, deterministic torch kernels")
-    max_actor_restarts: int = f(3, "times a dead generator / reward / critic / reference actor is replaced "
-                                "before the run stops")
+    deterministic: bool = f(
+        True,
+        "identical metrics for reruns and resumes of one config on the same machine: "
+        "fixed batch order, deterministic torch kernels",
+    )
+    max_actor_restarts: int = f(
+        3, "times a dead generator / reward / critic / reference actor is replaced before the run stops"
+    )
 
 
 @dataclass
@@ -154,7 +189,7 @@ class RoleResources:
 
 
 def _roles() -> dict[str, RoleResources]:
-    return {r: RoleResources() for r in ("generator", "reward", "critic", "reference", "learner")}
+    return {r: RoleResources() for r in ROLES}
 
 
 @dataclass

@@ -46,10 +46,10 @@ def _greedy_metrics(problems, labels) -> dict:
         # NaN when no step is labelled (dataset problems; or every response empty): unknown, not 0.
         "eval/step_accuracy": sum(sum(lab.step_correct) for lab in labels) / steps if steps else float("nan"),
         "eval/format_rate": sum(lab.format_ok for lab in labels) / len(labels),
-        "eval/first_error_hist": {k: hist[k] for k in keys},   # 1-based step position -> count
+        "eval/first_error_hist": {k: hist[k] for k in keys},  # 1-based step position -> count
     }
     by_len: dict[int, list[bool]] = {}
-    for p, lab in zip(problems, labels):
+    for p, lab in zip(problems, labels, strict=True):
         if hasattr(p, "ops"):
             by_len.setdefault(len(p.ops), []).append(lab.outcome)
     for n_ops in sorted(by_len):
@@ -61,18 +61,31 @@ def _greedy_metrics(problems, labels) -> dict:
 def _checked(outs: list[list[str]], n_prompts: int, n: int) -> list[list[str]]:
     """A generator that returns too few or too many texts would silently skew every metric."""
     if len(outs) != n_prompts or any(len(o) != n for o in outs):
-        raise ValueError(f"generate_fn returned {len(outs)} lists of sizes {sorted({len(o) for o in outs})}, "
-                         f"expected {n_prompts} lists of {n}")
+        raise ValueError(
+            f"generate_fn returned {len(outs)} lists of sizes {sorted({len(o) for o in outs})}, "
+            f"expected {n_prompts} lists of {n}"
+        )
     return outs
 
 
-def evaluate_policy(policy_dir: str | None, problems: list, *, k: int = 4, n_samples: int | None = None,
-                    temperature: float = 1.0, max_new_tokens: int = 128, seed: int = 0,
-                    generate_fn=None, label_fn=None, prompt_fn=None, batch_size: int = 64) -> dict:
+def evaluate_policy(
+    policy_dir: str | None,
+    problems: list,
+    *,
+    k: int = 4,
+    n_samples: int | None = None,
+    temperature: float = 1.0,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    generate_fn=None,
+    label_fn=None,
+    prompt_fn=None,
+    batch_size: int = 64,
+) -> dict:
     """Evaluate on ``problems``. Greedy decoding gives accuracy, step accuracy, first-error histogram
     and accuracy by chain length; ``n_samples`` (default k) samples per problem at ``temperature``
-    give ``eval/pass@k`` (k itself in ``eval/k``) and ``eval/sample_accuracy``. k=0 skips sampling. ``policy_dir`` may be
-    None when ``generate_fn`` is given. ``prompt_fn`` / ``label_fn`` default by problem type
+    give ``eval/pass@k`` (k itself in ``eval/k``) and ``eval/sample_accuracy``. k=0 skips sampling.
+    ``policy_dir`` may be None when ``generate_fn`` is given. ``prompt_fn`` / ``label_fn`` default by problem type
     (``PROBLEM_KINDS``): arithmetic chains get oracle step labels, dataset problems outcome only."""
     if not problems:
         raise ValueError("evaluate_policy: problems is empty")
@@ -81,8 +94,10 @@ def evaluate_policy(policy_dir: str | None, problems: list, *, k: int = 4, n_sam
         raise ValueError(f"evaluate_policy: need 0 <= k <= n_samples, got k={k} n_samples={n}")
     kind = type(problems[0])
     if (prompt_fn is None or label_fn is None) and kind not in PROBLEM_KINDS:
-        raise ValueError(f"evaluate_policy: no default prompt/label functions for {kind.__name__}; "
-                         f"pass prompt_fn and label_fn (known: {[t.__name__ for t in PROBLEM_KINDS]})")
+        raise ValueError(
+            f"evaluate_policy: no default prompt/label functions for {kind.__name__}; "
+            f"pass prompt_fn and label_fn (known: {[t.__name__ for t in PROBLEM_KINDS]})"
+        )
     prompt_fn = prompt_fn or PROBLEM_KINDS[kind][0]
     label_fn = label_fn or PROBLEM_KINDS[kind][1]
     t0 = time.time()
@@ -93,15 +108,16 @@ def evaluate_policy(policy_dir: str | None, problems: list, *, k: int = 4, n_sam
 
         def generate_fn(prompts, n_per, temp):
             return hf_generate(model, tokenizer, prompts, n_per, temp, max_new_tokens, batch_size)
+
     torch.manual_seed(seed)
     prompts = [prompt_fn(p) for p in problems]
     greedy = [outs[0] for outs in _checked(generate_fn(prompts, 1, 0.0), len(prompts), 1)]
-    labels = [label_fn(p, text) for p, text in zip(problems, greedy)]
+    labels = [label_fn(p, text) for p, text in zip(problems, greedy, strict=True)]
     m = _greedy_metrics(problems, labels)
     m["eval/n_problems"] = len(problems)
     if k > 0:
         samples = _checked(generate_fn(prompts, n, temperature), len(prompts), n)
-        correct = [sum(label_fn(p, t).outcome for t in outs) for p, outs in zip(problems, samples)]
+        correct = [sum(label_fn(p, t).outcome for t in outs) for p, outs in zip(problems, samples, strict=True)]
         m["eval/pass@k"] = sum(pass_at_k(n, c, k) for c in correct) / len(problems)
         m["eval/k"] = k
         m["eval/sample_accuracy"] = sum(correct) / (n * len(problems))

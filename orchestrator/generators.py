@@ -15,12 +15,13 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import ray
 
 from algo.fingerprint import RTOL, fingerprint_rel_diff
 from algo.trajectory import PromptRequest, Trajectory
-from orchestrator.runtime import RoleError, get
+from orchestrator.runtime import RoleError, ray_get
 
 Key = tuple[int, int]  # (group_id, sample index)
 log = logging.getLogger(__name__)
@@ -38,15 +39,15 @@ class Published:
 class GeneratorPool:
     """Replicas of GeneratorWorker; `make(i)` creates the actor of replica i (in its placement bundle)."""
 
-    def __init__(self, make: Callable[[int], object], count: int, *, max_restarts: int, timeout_s: float):
+    def __init__(self, make: Callable[[int], Any], count: int, *, max_restarts: int, timeout_s: float):
         self.make, self.max_restarts, self.timeout_s = make, max_restarts, timeout_s
-        self.actors = [make(i) for i in range(count)]
+        self.actors: list[Any] = [make(i) for i in range(count)]  # Ray actor handles of GeneratorWorker
         self.published: Published | None = None
-        self.restarts = 0   # replicas replaced so far
-        self.reissued = 0   # samples re-issued after their replica died
+        self.restarts = 0  # replicas replaced so far
+        self.reissued = 0  # samples re-issued after their replica died
 
     def wait_ready(self) -> None:
-        get([a.__ray_ready__.remote() for a in self.actors], "generator", "__init__", self.timeout_s)
+        ray_get([a.__ray_ready__.remote() for a in self.actors], "generator", "__init__", self.timeout_s)
 
     # ------------------------------------------------------------------------------------ weights --
     def load_weights(self, published: Published) -> dict:
@@ -59,32 +60,46 @@ class GeneratorPool:
                 results.append(get_alive(ref, "load_weights", self.timeout_s))
             except ActorGone as e:
                 results.append(self.replace(i, e))
-        return {"sync/load_s": max(r["load_s"] for r in results),
-                "sync/fingerprint_rel_diff": max(self._check(i, r) for i, r in enumerate(results))}
+        return {
+            "sync/load_s": max(r["load_s"] for r in results),
+            "sync/fingerprint_rel_diff": max(self._check(i, r) for i, r in enumerate(results)),
+        }
 
     def _check(self, i: int, loaded: dict) -> float:
-        diff = fingerprint_rel_diff(loaded["fingerprint"], self.published.fingerprint)
+        published = self.published
+        if published is None:  # callers publish first: load_weights sets it, replace checks it
+            raise RuntimeError(f"generator {i}: no published weights to check its checksum against")
+        diff = fingerprint_rel_diff(loaded["fingerprint"], published.fingerprint)
         if diff > RTOL:
-            raise RoleError(f"generator {i} weight checksum {loaded['fingerprint']} != learner "
-                            f"{self.published.fingerprint} after loading version {self.published.version}")
+            raise RoleError(
+                f"generator {i} weight checksum {loaded['fingerprint']} != learner "
+                f"{published.fingerprint} after loading version {published.version}"
+            )
         return diff
 
     def replace(self, i: int, cause: Exception) -> dict:
         """A new actor for replica i, holding the published weights; returns its load_weights result."""
         self.restarts += 1
         if self.restarts > self.max_restarts:
-            raise RoleError(f"generator {i} died and train.max_actor_restarts={self.max_restarts} replacements "
-                            f"are used up: {cause}")
-        log.warning("generator %d died; starting a replacement (%d of train.max_actor_restarts=%d): %s",
-                    i, self.restarts, self.max_restarts, str(cause).splitlines()[0])
+            raise RoleError(
+                f"generator {i} died and train.max_actor_restarts={self.max_restarts} replacements are used up: {cause}"
+            )
+        log.warning(
+            "generator %d died; starting a replacement (%d of train.max_actor_restarts=%d): %s",
+            i,
+            self.restarts,
+            self.max_restarts,
+            str(cause).splitlines()[0],
+        )
         ray.kill(self.actors[i], no_restart=True)
         self.actors[i] = actor = self.make(i)
-        get(actor.__ray_ready__.remote(), "generator", f"__init__ (replacement of replica {i})", self.timeout_s)
+        ray_get(actor.__ray_ready__.remote(), "generator", f"__init__ (replacement of replica {i})", self.timeout_s)
         if self.published is None:
             return {"load_s": 0.0, "fingerprint": None}
         p = self.published
-        loaded = get(actor.load_weights.remote(p.version, p.weights_ref), "generator", "load_weights",
-                     self.timeout_s)
+        loaded = ray_get(
+            actor.load_weights.remote(p.version, p.weights_ref), "generator", "load_weights", self.timeout_s
+        )
         self._check(i, loaded)
         return loaded
 
@@ -99,16 +114,17 @@ class GeneratorPool:
         got: set[Key] = set()
         active: dict = {}  # stream -> (replica, keys it owes)
         for i in range(len(self.actors)):
-            chunk = requests[i::len(self.actors)]
+            chunk = requests[i :: len(self.actors)]
             if chunk:
                 active[self._start(i, chunk, sampling)] = (i, {(r.group_id, s) for r in chunk for s in range(n)})
         deadline = time.monotonic() + self.timeout_s
         while active:
             ready, _ = ray.wait(list(active), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
-                raise RoleError(f"generator.generate_stream produced nothing for {self.timeout_s:.0f} s "
-                                "(train.timeout_s)")
-            stream = ready[0]
+                raise RoleError(
+                    f"generator.generate_stream produced nothing for {self.timeout_s:.0f} s (train.timeout_s)"
+                )
+            stream: Any = ready[0]  # an ObjectRefGenerator (a key of `active`); ray.wait types it ObjectRef too
             i, owed = active.pop(stream)
             try:
                 ref = next(stream)
@@ -122,8 +138,9 @@ class GeneratorPool:
                 self.replace(i, e)
                 self.reissued += len(missing)
                 log.warning("generator %d replaced; re-issuing the %d samples it still owed", i, len(missing))
-                reissue = [_subset(by_group[g], [s for gg, s in missing if gg == g])
-                           for g in sorted({g for g, _ in missing})]
+                reissue = [
+                    _subset(by_group[g], [s for gg, s in missing if gg == g]) for g in sorted({g for g, _ in missing})
+                ]
                 if reissue:
                     active[self._start(i, reissue, sampling)] = (i, set(missing))
                 continue
@@ -161,4 +178,4 @@ def get_alive(ref, what: str, timeout_s: float):
 
 
 def _subset(req: PromptRequest, samples: list[int]) -> PromptRequest:
-    return PromptRequest(req.prompt_id, req.group_id, req.text, req.reference, samples=tuple(samples))
+    return PromptRequest(req.prompt_id, req.group_id, req.text, req.answer, samples=tuple(samples))

@@ -15,23 +15,31 @@ from algo.trajectory import Trajectory
 from orchestrator.rundir import jsonable
 
 
+def _rewards(t: Trajectory) -> tuple[float, list[float]]:
+    """(outcome_reward, step_rewards) of a valid trajectory; both are set once the reward worker scored it."""
+    if t.outcome_reward is None or t.step_rewards is None:
+        raise ValueError(f"trajectory {t.uid} is valid but has no rewards: was it scored by the reward worker?")
+    return t.outcome_reward, t.step_rewards
+
+
 def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, float | str]:
-    valid = [t for t in trajs if t.reward_valid]
+    valid = [t for t in trajs if t.sample_valid]
     out: dict[str, float | str] = {"samples/masked": float(len(trajs) - len(valid))}
-    errors = [t.info.get("reward_error", "?") for t in trajs if not t.reward_valid]
+    errors = [t.info.get("reward_error", "?") for t in trajs if not t.sample_valid]
     if errors:  # the reason, not only the count: a broken reward source must be visible in the log
         out["reward/first_error"] = errors[0]
     if not valid:
         return out
     n = len(valid)
-    out["reward/outcome_mean"] = sum(t.outcome_reward for t in valid) / n
-    all_steps = [r for t in valid for r in t.step_rewards]
+    rewards = [_rewards(t) for t in valid]
+    out["reward/outcome_mean"] = sum(outcome for outcome, _ in rewards) / n
+    all_steps = [r for _, steps in rewards for r in steps]
     if all_steps:
         out["reward/step_mean"] = sum(all_steps) / len(all_steps)
-        out["reward/step_min_mean"] = sum(min(t.step_rewards) for t in valid if t.step_rewards) / n
+        out["reward/step_min_mean"] = sum(min(steps) for _, steps in rewards if steps) / n
     by_pos, correct_by_pos = defaultdict(list), defaultdict(list)
-    for t in valid:
-        for k, r in enumerate(t.step_rewards[:max_positions]):
+    for t, (_, steps) in zip(valid, rewards, strict=True):
+        for k, r in enumerate(steps[:max_positions]):
             by_pos[k].append(r)
         for k, c in enumerate(t.info.get("step_correct", [])[:max_positions]):
             correct_by_pos[k].append(float(c))
@@ -51,32 +59,46 @@ def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, 
 
 def sample_records(step: int, trajs: list[Trajectory]) -> list[dict]:
     """One row per sample for run_dir/samples.jsonl: who made it, with which weights, what it earned."""
-    return [{"step": step, "group_id": t.group_id, "sample": t.info.get("sample"), "prompt_id": t.prompt_id,
-             "uid": t.uid, "replica": t.info.get("replica"), "policy_version": t.policy_version,
-             "reward_valid": t.reward_valid, "outcome_reward": t.outcome_reward, "step_rewards": t.step_rewards,
-             "finish_reason": t.finish_reason, "response": t.response_text} for t in trajs]
+    return [
+        {
+            "step": step,
+            "group_id": t.group_id,
+            "sample": t.info.get("sample"),
+            "prompt_id": t.prompt_id,
+            "uid": t.uid,
+            "replica": t.info.get("replica"),
+            "policy_version": t.policy_version,
+            "sample_valid": t.sample_valid,
+            "outcome_reward": t.outcome_reward,
+            "step_rewards": t.step_rewards,
+            "finish_reason": t.finish_reason,
+            "response": t.response_text,
+        }
+        for t in trajs
+    ]
 
 
 class MetricsLog:
     """Appends rows to run_dir/<name> (and TensorBoard); on resume keeps the rows up to the checkpoint."""
 
-    def __init__(self, run_dir: str, resume_from_step: int | None = None, name: str = "metrics.jsonl",
-                 tensorboard: bool = True):
+    def __init__(
+        self, run_dir: str, resume_from_step: int | None = None, name: str = "metrics.jsonl", tensorboard: bool = True
+    ):
         self.path = os.path.join(run_dir, name)
         self.rows: list[dict] = []
         if resume_from_step is not None and os.path.exists(self.path):
             with open(self.path) as fh:
                 self.rows = [r for r in map(json.loads, fh) if r["step"] <= resume_from_step]
-        with open(self.path, "w") as fh:   # drop rows of steps after the checkpoint: they are redone
+        with open(self.path, "w") as fh:  # drop rows of steps after the checkpoint: they are redone
             fh.writelines(json.dumps(r) + "\n" for r in self.rows)
         self.tb = _tensorboard_writer(run_dir) if tensorboard else None
 
     def log(self, *rows: dict) -> None:
-        rows = [jsonable(r) for r in rows]
-        self.rows.extend(rows)
+        records = [jsonable(r) for r in rows]
+        self.rows.extend(records)
         with open(self.path, "a") as fh:
-            fh.writelines(json.dumps(r) + "\n" for r in rows)
-        for row in rows:
+            fh.writelines(json.dumps(r) + "\n" for r in records)
+        for row in records:
             self._tensorboard(row)
 
     def _tensorboard(self, row: dict) -> None:
@@ -99,16 +121,22 @@ def _tensorboard_writer(run_dir: str):
     return SummaryWriter(os.path.join(run_dir, "tensorboard"))
 
 
-PLOT_KEYS = [("eval/accuracy", "held-out greedy accuracy"), ("oracle/accuracy", "sample accuracy (train)"),
-             ("oracle/step_accuracy", "sample step accuracy (train)"), ("reward/step_mean", "mean step reward"),
-             ("kl", "KL to reference (learner)"), ("kl/behavior_ref", "KL to reference (samples)"),
-             ("entropy", "entropy")]
+PLOT_KEYS = [
+    ("eval/accuracy", "held-out greedy accuracy"),
+    ("oracle/accuracy", "sample accuracy (train)"),
+    ("oracle/step_accuracy", "sample step accuracy (train)"),
+    ("reward/step_mean", "mean step reward"),
+    ("kl", "KL to reference (learner)"),
+    ("kl/behavior_ref", "KL to reference (samples)"),
+    ("entropy", "entropy"),
+]
 
 
 def plot_curves(rows: list[dict], path: str, title: str = "") -> str | None:
     """A grid of learning curves against samples consumed; returns the path (None without matplotlib)."""
     try:
         import matplotlib
+
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
@@ -117,7 +145,7 @@ def plot_curves(rows: list[dict], path: str, title: str = "") -> str | None:
     if not keys:
         return None
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2), squeeze=False)
-    for ax, (key, label) in zip(axes[0], keys):
+    for ax, (key, label) in zip(axes[0], keys, strict=True):
         pts = [(r.get("samples", r["step"]), r[key]) for r in rows if r.get(key) is not None]
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if key.startswith("eval") else None)
         ax.set_title(label, fontsize=10)

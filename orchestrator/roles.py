@@ -13,8 +13,8 @@ from learner.group import LearnerGroup
 from orchestrator.checkpoint import checkpoint_root
 from orchestrator.generators import GeneratorPool
 from orchestrator.rundir import logs_dir
-from orchestrator.runtime import Placement, get, plan_bundles
-from orchestrator.validate import needs_critic
+from orchestrator.runtime import Placement, plan_bundles, ray_get
+from orchestrator.validate import needs_critic, plain_dict
 from workers.critic import CriticWorker
 from workers.generator import GeneratorWorker
 from workers.reference import ReferenceWorker
@@ -47,9 +47,14 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
     checkpoint_dir = checkpoint_root(run_dir) if run_dir else None
     threads, timeout = cfg.cluster.threads_per_actor, cfg.train.timeout_s
     use_critic, use_ref = needs_critic(cfg), cfg.algo.kl_coef > 0
-    counts = {"generator": cfg.rollout.num_generators, "reward": 1, "learner": cfg.learner.num_ranks,
-              "critic": int(use_critic), "reference": int(use_ref)}
-    roles_cfg = OmegaConf.to_container(cfg.cluster.roles)
+    counts = {
+        "generator": cfg.rollout.num_generators,
+        "reward": 1,
+        "learner": cfg.learner.num_ranks,
+        "critic": int(use_critic),
+        "reference": int(use_ref),
+    }
+    roles_cfg = plain_dict(cfg.cluster.roles)
     placement = Placement(cfg.cluster.placement_strategy, plan_bundles(counts, roles_cfg)).create(timeout)
     common = dict(threads=threads, trust_remote_code=cfg.model.trust_remote_code)
 
@@ -65,65 +70,145 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
     r = cfg.rollout
 
     def make_generator(i: int):
-        return ray.remote(GeneratorWorker).options(**placement.options("generator", i)).remote(
-            policy_dir, seed=cfg.seed, dtype=cfg.model.dtype, max_model_len=r.max_model_len,
-            kv_cache_gb=r.kv_cache_gb, step_delimiter=r.step_delimiter, enforce_eager=r.enforce_eager,
-            gpu_memory_utilization=r.gpu_memory_utilization, replica=i, log_file=log(f"generator-{i}"), **common)
+        return (
+            ray.remote(GeneratorWorker)
+            .options(**placement.options("generator", i))
+            .remote(
+                policy_dir,
+                seed=cfg.seed,
+                dtype=cfg.model.dtype,
+                max_model_len=r.max_model_len,
+                kv_cache_gb=r.kv_cache_gb,
+                step_delimiter=r.step_delimiter,
+                enforce_eager=r.enforce_eager,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                replica=i,
+                log_file=log(f"generator-{i}"),
+                **common,
+            )
+        )
 
-    generators = GeneratorPool(make_generator, r.num_generators, max_restarts=cfg.train.max_actor_restarts,
-                               timeout_s=timeout)
+    generators = GeneratorPool(
+        make_generator, r.num_generators, max_restarts=cfg.train.max_actor_restarts, timeout_s=timeout
+    )
     reward = restartable(RewardWorker, "reward").remote(
-        tokenizer_dir=policy_dir, sources=OmegaConf.to_container(cfg.reward.sources),
-        meaning=cfg.reward.meaning, transform=cfg.reward.transform,
-        transform_params=OmegaConf.to_container(cfg.reward.transform_params), task_kind=cfg.task.kind,
-        modulus=cfg.task.modulus, step_delimiter=r.step_delimiter, log_file=log("reward"), **common)
+        tokenizer_dir=policy_dir,
+        sources=OmegaConf.to_container(cfg.reward.sources),
+        meaning=cfg.reward.meaning,
+        transform=cfg.reward.transform,
+        transform_params=OmegaConf.to_container(cfg.reward.transform_params),
+        task_kind=cfg.task.kind,
+        modulus=cfg.task.modulus,
+        step_delimiter=r.step_delimiter,
+        log_file=log("reward"),
+        **common,
+    )
     critic = reference = None
     if use_critic:
         critic = restartable(CriticWorker, "critic").remote(
-            model_dir=policy_dir, critic_dir=cfg.model.critic, micro_batch_size=cfg.learner.micro_batch_size,
-            lr=cfg.learner.critic_lr, total_steps=total_updates, grad_clip=cfg.learner.grad_clip,
-            value_clip=cfg.algo.value_clip, loss_agg=cfg.algo.loss_agg, ppo_epochs=cfg.learner.ppo_epochs,
-            mini_batches=cfg.learner.mini_batches, seed=cfg.seed, dtype=cfg.model.dtype, timeout_s=timeout,
-            deterministic=cfg.train.deterministic, restore_dir=checkpoint_dir, log_file=log("critic"), **common)
+            model_dir=policy_dir,
+            critic_dir=cfg.model.critic,
+            micro_batch_size=cfg.learner.micro_batch_size,
+            lr=cfg.learner.critic_lr,
+            total_steps=total_updates,
+            grad_clip=cfg.learner.grad_clip,
+            value_clip=cfg.algo.value_clip,
+            loss_agg=cfg.algo.loss_agg,
+            ppo_epochs=cfg.learner.ppo_epochs,
+            mini_batches=cfg.learner.mini_batches,
+            seed=cfg.seed,
+            dtype=cfg.model.dtype,
+            timeout_s=timeout,
+            deterministic=cfg.train.deterministic,
+            restore_dir=checkpoint_dir,
+            log_file=log("critic"),
+            **common,
+        )
     if use_ref:
         reference = restartable(ReferenceWorker, "reference").remote(
-            model_dir=policy_dir, micro_batch_size=cfg.learner.micro_batch_size, dtype=cfg.model.dtype,
-            deterministic=cfg.train.deterministic, log_file=log("reference"), **common)
-    lr_cfg, a = cfg.learner, cfg.algo
+            model_dir=policy_dir,
+            micro_batch_size=cfg.learner.micro_batch_size,
+            dtype=cfg.model.dtype,
+            deterministic=cfg.train.deterministic,
+            log_file=log("reference"),
+            **common,
+        )
+    learner_cfg, a = cfg.learner, cfg.algo
     rank_kwargs = dict(
-        model_dir=policy_dir, backend=lr_cfg.backend, zero_stage=lr_cfg.zero_stage,
-        micro_batch_size=lr_cfg.micro_batch_size, lr=lr_cfg.lr, weight_decay=lr_cfg.weight_decay,
-        warmup_steps=lr_cfg.warmup_steps, total_steps=total_updates, schedule=lr_cfg.schedule,
-        grad_clip=lr_cfg.grad_clip, ppo_epochs=lr_cfg.ppo_epochs, mini_batches=lr_cfg.mini_batches,
-        clip_low=a.clip_low, clip_high=a.clip_high, dual_clip=a.dual_clip, loss_agg=a.loss_agg,
-        entropy_coef=a.entropy_coef, kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0,
-        kl_estimator=a.kl_estimator, sft_coef=a.sft_coef, seed=cfg.seed, timeout_s=timeout,
-        deterministic=cfg.train.deterministic, **common)
+        model_dir=policy_dir,
+        backend=learner_cfg.backend,
+        zero_stage=learner_cfg.zero_stage,
+        micro_batch_size=learner_cfg.micro_batch_size,
+        lr=learner_cfg.lr,
+        weight_decay=learner_cfg.weight_decay,
+        warmup_steps=learner_cfg.warmup_steps,
+        total_steps=total_updates,
+        schedule=learner_cfg.schedule,
+        grad_clip=learner_cfg.grad_clip,
+        ppo_epochs=learner_cfg.ppo_epochs,
+        mini_batches=learner_cfg.mini_batches,
+        clip_low=a.clip_low,
+        clip_high=a.clip_high,
+        dual_clip=a.dual_clip,
+        loss_agg=a.loss_agg,
+        entropy_coef=a.entropy_coef,
+        kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0,
+        kl_estimator=a.kl_estimator,
+        sft_coef=a.sft_coef,
+        seed=cfg.seed,
+        timeout_s=timeout,
+        deterministic=cfg.train.deterministic,
+        **common,
+    )
     learner_res = roles_cfg["learner"]
-    learner = LearnerGroup(num_ranks=lr_cfg.num_ranks, rank_kwargs=rank_kwargs,
-                           cpus_per_rank=learner_res["num_cpus"], gpus_per_rank=learner_res["num_gpus"],
-                           timeout_s=timeout, placement_group=placement.pg,
-                           bundle_indices=placement.indices("learner"), log_dir=log_dir)
+    learner = LearnerGroup(
+        num_ranks=learner_cfg.num_ranks,
+        rank_kwargs=rank_kwargs,
+        cpus_per_rank=learner_res["num_cpus"],
+        gpus_per_rank=learner_res["num_gpus"],
+        timeout_s=timeout,
+        placement_group=placement.pg,
+        bundle_indices=placement.indices("learner"),
+        log_dir=log_dir,
+    )
     generators.wait_ready()
     for role, actor in (("reward", reward), ("critic", critic), ("reference", reference)):
         if actor is not None:
-            get(actor.__ray_ready__.remote(), role, "__init__", timeout)
-    return Roles(generators, reward, learner, critic, reference, placement,
-                 tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code))
+            ray_get(actor.__ray_ready__.remote(), role, "__init__", timeout)
+    return Roles(
+        generators,
+        reward,
+        learner,
+        critic,
+        reference,
+        placement,
+        tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code),
+    )
 
 
 def placement_report(roles: Roles, timeout_s: float) -> dict[str, list[str]]:
     """Role -> the Ray node ids its actors run on (shows how the placement group spread the roles)."""
+
     def node(_self):
         return ray.get_runtime_context().get_node_id()
-    actors = {"generator": roles.generators.actors, "reward": [roles.reward], "learner": roles.learner.ranks,
-              "critic": [roles.critic] if roles.critic else [], "reference": [roles.reference] if roles.reference else []}
-    return {role: get([a.__ray_call__.remote(node) for a in handles], role, "node id", timeout_s)
-            for role, handles in actors.items() if handles}
+
+    actors = {
+        "generator": roles.generators.actors,
+        "reward": [roles.reward],
+        "learner": roles.learner.ranks,
+        "critic": [roles.critic] if roles.critic else [],
+        "reference": [roles.reference] if roles.reference else [],
+    }
+    return {
+        role: ray_get([a.__ray_call__.remote(node) for a in handles], role, "node id", timeout_s)
+        for role, handles in actors.items()
+        if handles
+    }
 
 
 def tokenizer_pad_id(policy_dir: str, trust_remote_code: bool) -> int:
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(policy_dir, trust_remote_code=trust_remote_code)
     return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 

@@ -13,19 +13,27 @@ from dataclasses import dataclass, field
 
 from algo.trajectory import PromptRequest, Trajectory
 from orchestrator.generators import GeneratorPool
-from orchestrator.runtime import get
+from orchestrator.runtime import ray_get
 
 
 @dataclass
 class Rollout:
     trajectories: list[Trajectory]
-    values: list[list[float]] | None        # critic value per response token, or None
+    values: list[list[float]] | None  # critic value per response token, or None
     ref_logprobs: list[list[float]] | None  # reference log-prob per response token, or None
     timing: dict[str, float] = field(default_factory=dict)
 
 
-def stream_rollouts(generators: GeneratorPool, reward, requests: list[PromptRequest], sampling: dict, *,
-                    critic=None, reference=None, timeout_s: float) -> Rollout:
+def stream_rollouts(
+    generators: GeneratorPool,
+    reward,
+    requests: list[PromptRequest],
+    sampling: dict,
+    *,
+    critic=None,
+    reference=None,
+    timeout_s: float,
+) -> Rollout:
     """Generate `sampling["n"]` responses per request over all generators, scoring each as it finishes.
 
     The result is in (group_id, sample index) order whatever the finishing order was: the batch, and so
@@ -43,18 +51,22 @@ def stream_rollouts(generators: GeneratorPool, reward, requests: list[PromptRequ
     gen_end = time.time()
     remaining = max(1.0, t0 + timeout_s - gen_end)
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    trajectories = _ordered(get(scored, "reward", "score", remaining), order)
-    out = Rollout(trajectories,
-                  _ordered(get(values, "critic", "traj_values", remaining), order) if critic is not None else None,
-                  _ordered(get(refs, "reference", "traj_logprobs", remaining), order) if reference is not None
-                  else None)
+    trajectories = _ordered(ray_get(scored, "reward", "score", remaining), order)
+    out = Rollout(
+        trajectories,
+        _ordered(ray_get(values, "critic", "traj_values", remaining), order) if critic is not None else None,
+        _ordered(ray_get(refs, "reference", "traj_logprobs", remaining), order) if reference is not None else None,
+    )
     end = time.time()
     early = sum(t.info.get("scored_at", end) <= gen_end for t in trajectories)
     # reward_s is the scoring time NOT hidden behind generation (the wait after the last trajectory);
     # reward/compute_s is the scorers' own total work, most of it overlapped with generation.
-    out.timing = {"timing/generate_s": gen_end - t0, "timing/reward_s": end - gen_end,
-                  "reward/compute_s": sum(t.info.get("reward_s", 0.0) for t in trajectories),
-                  "stream/scored_during_generation": early / max(1, len(trajectories))}
+    out.timing = {
+        "timing/generate_s": gen_end - t0,
+        "timing/reward_s": end - gen_end,
+        "reward/compute_s": sum(t.info.get("reward_s", 0.0) for t in trajectories),
+        "stream/scored_during_generation": early / max(1, len(trajectories)),
+    }
     return out
 
 

@@ -7,7 +7,6 @@ how bundles map to nodes. Every actor runs with `cluster.threads_per_actor` thre
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,12 +14,14 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from engine.process import thread_env
+
 
 class RoleError(RuntimeError):
     """A role's remote call failed or missed its deadline; the message names the role and the call."""
 
 
-def get(refs, role: str, what: str, timeout_s: float):
+def ray_get(refs, role: str, what: str, timeout_s: float):
     """ray.get with a deadline and an error that names the role and the call."""
     try:
         return ray.get(refs, timeout=timeout_s)
@@ -30,23 +31,28 @@ def get(refs, role: str, what: str, timeout_s: float):
         raise RoleError(f"{role}.{what} failed: {e}") from e
 
 
-def thread_env(threads: int) -> dict[str, str]:
-    n = str(threads)
-    return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n,
-            "TOKENIZERS_PARALLELISM": "false", "RAY_USAGE_STATS_ENABLED": "0"}
-
-
 def init_ray(address: str | None, num_cpus: int | None, threads: int) -> None:
     """Attach to `address` (e.g. 'auto' under `ray job submit`) or start a local Ray."""
     if ray.is_initialized():
         return
     env = {"env_vars": thread_env(threads)}
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True, logging_level="WARNING")
+        ray.init(
+            address=address,
+            runtime_env=env,
+            log_to_driver=True,
+            logging_level="WARNING",  # type: ignore[arg-type]  # Ray takes a level name too; its hint says int
+        )
     else:
         # "local" always starts a fresh Ray: never attach by accident to another cluster on this machine.
-        ray.init(address="local", num_cpus=num_cpus, runtime_env=env, include_dashboard=False,
-                 log_to_driver=True, logging_level="WARNING")
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            runtime_env=env,
+            include_dashboard=False,
+            log_to_driver=True,
+            logging_level="WARNING",  # type: ignore[arg-type]  # Ray takes a level name too; its hint says int
+        )
 
 
 @dataclass
@@ -58,17 +64,19 @@ class Placement:
     pg: Any = None
     _next: dict[str, int] = field(default_factory=dict)
 
-    def create(self, timeout_s: float) -> "Placement":
+    def create(self, timeout_s: float) -> Placement:
         self.pg = placement_group([res for _, res in self.bundles], strategy=self.strategy)
         ready, _ = ray.wait([self.pg.ready()], timeout=timeout_s)
         if not ready:
-            need = {}
+            need: dict[str, float] = {}
             for _, res in self.bundles:
                 for k, v in res.items():
                     need[k] = need.get(k, 0) + v
-            raise RoleError(f"placement group ({self.strategy}) not ready within {timeout_s:.0f} s: the roles "
-                            f"need {need} in total, the cluster has {ray.cluster_resources()}; lower "
-                            "cluster.roles.*.num_cpus / num_gpus or add nodes")
+            raise RoleError(
+                f"placement group ({self.strategy}) not ready within {timeout_s:.0f} s: the roles "
+                f"need {need} in total, the cluster has {ray.cluster_resources()}; lower "
+                "cluster.roles.*.num_cpus / num_gpus or add nodes"
+            )
         return self
 
     def indices(self, role: str) -> list[int]:
@@ -86,9 +94,13 @@ class Placement:
             raise RoleError(f"no placement bundle left for role {role!r} ({len(indices)} declared)")
         index = indices[k]
         res = self.bundles[index][1]
-        return {"num_cpus": res.get("CPU", 0), "num_gpus": res.get("GPU", 0),
-                "scheduling_strategy": PlacementGroupSchedulingStrategy(
-                    placement_group=self.pg, placement_group_bundle_index=index)}
+        return {
+            "num_cpus": res.get("CPU", 0),
+            "num_gpus": res.get("GPU", 0),
+            "scheduling_strategy": PlacementGroupSchedulingStrategy(
+                placement_group=self.pg, placement_group_bundle_index=index
+            ),
+        }
 
     def remove(self) -> None:
         if self.pg is not None:
@@ -107,9 +119,3 @@ def plan_bundles(role_counts: dict[str, int], roles_cfg: dict[str, dict]) -> lis
             bundle["GPU"] = float(res["num_gpus"])
         bundles += [(role, dict(bundle)) for _ in range(count)]
     return bundles
-
-
-def env_threads(threads: int) -> None:
-    """Set thread env vars in the current process (the driver's own torch work)."""
-    for k, v in thread_env(threads).items():
-        os.environ.setdefault(k, v)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from typing import Any
 
 import ray
 from omegaconf import DictConfig
@@ -19,16 +20,18 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from algo import registry
 from algo.seeding import derive_seed
 from algo.trajectory import PromptRequest
+from engine.process import prepare_process
 from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from orchestrator.config import ModelConfig
-from orchestrator.data import eval_problems, make_task, step_problems
+from orchestrator.data import eval_problems, step_problems, task_from_config
 from orchestrator.metrics import MetricsLog, plot_curves, sample_records
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
 from orchestrator.rundir import logs_dir, open_run_dir, write_summary
-from orchestrator.runtime import RoleError, env_threads, init_ray
-from orchestrator.step import StepSettings, estimator_params, publish_weights, train_step
+from orchestrator.runtime import RoleError, init_ray
+from orchestrator.step import StepSettings, publish_weights, train_step
 from orchestrator.validate import ConfigError
 
 console = Console()
@@ -37,17 +40,19 @@ console = Console()
 def run_train(cfg: DictConfig, args=None) -> dict:
     t_start = time.time()
     run_dir = open_run_dir(cfg)
-    env_threads(cfg.cluster.threads_per_actor)
+    prepare_process(cfg.cluster.threads_per_actor)
     policy_dir = ensure_policy(cfg)
-    task = make_task(cfg)
+    task = task_from_config(cfg)
     skipped = {f"data/{split}_rows_skipped": getattr(task, f"{split}_skipped", 0) for split in ("train", "eval")}
     if any(skipped.values()):  # task.skip_bad_rows: counted and said, never silently dropped
         console.print(f"[yellow]skipped bad or overlong JSONL rows: {skipped}[/]")
     started_ray = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
     updates = cfg.train.steps * cfg.learner.ppo_epochs * cfg.learner.mini_batches
-    console.print(f"[bold]steprl train[/] {cfg.algo.estimator} on {cfg.task.kind}: starting roles "
-                  f"(actor logs in {logs_dir(run_dir)}) ...")
+    console.print(
+        f"[bold]steprl train[/] {cfg.algo.estimator} on {cfg.task.kind}: starting roles "
+        f"(actor logs in {logs_dir(run_dir)}) ..."
+    )
     roles = start_roles(cfg, policy_dir, total_updates=updates, run_dir=run_dir)
     try:
         placement = placement_report(roles, cfg.train.timeout_s)
@@ -65,11 +70,11 @@ def run_train(cfg: DictConfig, args=None) -> dict:
 
 def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
     timeout = cfg.train.timeout_s
-    state = {"step": 0, "version": 0, "samples": 0, "data_position": 0}
+    state: dict[str, Any] = {"step": 0, "version": 0, "samples": 0, "data_position": 0}
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt:
         state = load_checkpoint(ckpt, roles, timeout)
-        publish_weights(roles, state["version"], timeout)   # generators restart from the learner's weights
+        publish_weights(roles, state["version"], timeout)  # generators restart from the learner's weights
         console.print(f"resumed from {ckpt} at step {state['step']}, version {state['version']}")
     resume_step = state["step"] if ckpt else None
     log = MetricsLog(run_dir, resume_from_step=resume_step)
@@ -79,26 +84,45 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
     state["eval_before"] = before
     if not ckpt:
         log.log({"step": 0, "policy_version": 0, "samples": 0, **before})
-    progress = Progress(TextColumn("[bold]RL"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                        TextColumn("{task.fields[info]}"), console=console)
+    progress = Progress(
+        TextColumn("[bold]RL"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+    )
     with progress:
         bar = progress.add_task("rl", total=cfg.train.steps, completed=state["step"], info="")
         masked_streak = 0
         while state["step"] < cfg.train.steps:
             step = state["step"] + 1
-            requests = [PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
-                        for g, p in enumerate(step_problems(cfg, task, state["data_position"]))]
+            requests = [
+                PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
+                for g, p in enumerate(step_problems(cfg, task, state["data_position"]))
+            ]
             metrics, trajectories = train_step(roles, settings(cfg, roles, step), requests, state["version"])
-            state.update(step=step, version=metrics.get("policy_version", state["version"]),
-                         samples=state["samples"] + metrics["samples_step"], data_position=step)
-            row = {"step": step, "policy_version": state["version"], "samples": state["samples"],
-                   "data/position": step - 1, "data/prompts_hash": prompts_hash(requests), **metrics}
+            state.update(
+                step=step,
+                version=metrics.get("policy_version", state["version"]),
+                samples=state["samples"] + metrics["samples_step"],
+                data_position=step,
+            )
+            row = {
+                "step": step,
+                "policy_version": state["version"],
+                "samples": state["samples"],
+                "data/position": step - 1,
+                "data/prompts_hash": prompts_hash(requests),
+                **metrics,
+            }
             if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
                 row.update(evaluate(cfg, roles, problems))
             log.log(row)
             samples_log.log(*sample_records(step, trajectories))
-            masked_streak = check_masked(masked_streak, metrics, cfg.reward.max_masked_fraction,
-                                         cfg.reward.max_masked_steps)
+            masked_streak = check_masked(
+                masked_streak, metrics, cfg.reward.max_masked_fraction, cfg.reward.max_masked_steps
+            )
             if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
                 save_checkpoint(run_dir, roles, state, cfg.train.keep_checkpoints, timeout)
             progress.update(bar, advance=1, info=_bar_info(row))
@@ -106,15 +130,23 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
     samples_log.close()
     after = next((r for r in reversed(log.rows) if "eval/accuracy" in r), before)
     roles.learner.save_hf(os.path.join(run_dir, "policy"))
-    plot = plot_curves(log.rows, os.path.join(run_dir, "curves.png"),
-                       title=f"{cfg.algo.estimator}, seed {cfg.seed}")
-    return {"eval/accuracy_before": before["eval/accuracy"], "eval/accuracy_after": after["eval/accuracy"],
-            "eval/step_accuracy_before": before.get("eval/step_accuracy"),
-            "eval/step_accuracy_after": after.get("eval/step_accuracy"),
-            "eval/pass@k_before": before.get("eval/pass@k"), "eval/pass@k_after": after.get("eval/pass@k"),
-            "samples_total": state["samples"], "steps": state["step"], "policy_version": state["version"],
-            "estimator": cfg.algo.estimator, "seed": cfg.seed, "plot": plot,
-            "backend/generator": "vllm", "backend/learner": "deepspeed"}
+    plot = plot_curves(log.rows, os.path.join(run_dir, "curves.png"), title=f"{cfg.algo.estimator}, seed {cfg.seed}")
+    return {
+        "eval/accuracy_before": before["eval/accuracy"],
+        "eval/accuracy_after": after["eval/accuracy"],
+        "eval/step_accuracy_before": before.get("eval/step_accuracy"),
+        "eval/step_accuracy_after": after.get("eval/step_accuracy"),
+        "eval/pass@k_before": before.get("eval/pass@k"),
+        "eval/pass@k_after": after.get("eval/pass@k"),
+        "samples_total": state["samples"],
+        "steps": state["step"],
+        "policy_version": state["version"],
+        "estimator": cfg.algo.estimator,
+        "seed": cfg.seed,
+        "plot": plot,
+        "backend/generator": "vllm",
+        "backend/learner": "deepspeed",
+    }
 
 
 def check_masked(streak: int, metrics: dict, max_fraction: float, max_steps: int) -> int:
@@ -122,9 +154,11 @@ def check_masked(streak: int, metrics: dict, max_fraction: float, max_steps: int
     A broken reward source masks every sample: without this the run would train on nothing forever."""
     streak = streak + 1 if metrics["samples/masked"] > max_fraction * metrics["samples_step"] else 0
     if streak >= max_steps:
-        raise RoleError(f"reward: more than {max_fraction:.0%} of the samples were masked for {streak} steps "
-                        f"in a row (reward.max_masked_fraction / max_masked_steps); last error: "
-                        f"{metrics.get('reward/first_error')}")
+        raise RoleError(
+            f"reward: more than {max_fraction:.0%} of the samples were masked for {streak} steps "
+            f"in a row (reward.max_masked_fraction / max_masked_steps); last error: "
+            f"{metrics.get('reward/first_error')}"
+        )
     return streak
 
 
@@ -136,15 +170,24 @@ def prompts_hash(requests: list[PromptRequest]) -> str:
 def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
     a, r = cfg.algo, cfg.rollout
     return StepSettings(
-        sampling={"n": r.group_size, "temperature": r.temperature, "top_p": r.top_p,
-                  "max_tokens": r.max_new_tokens, "seed": derive_seed(cfg.seed, "step", step)},
+        sampling={
+            "n": r.group_size,
+            "temperature": r.temperature,
+            "top_p": r.top_p,
+            "max_tokens": r.max_new_tokens,
+            "seed": derive_seed(cfg.seed, "step", step),
+        },
         estimator=a.estimator,
-        estimator_params=estimator_params(a.estimator, {
-            "gamma": a.gamma, "lam": a.lam, "outcome_weight": a.outcome_weight,
-            "std_normalize": a.std_normalize, "alpha": a.pav_alpha}),
-        whiten=a.whiten, kl_coef=a.kl_coef, kl_estimator=a.kl_estimator, kl_in_reward=a.kl_in == "reward",
-        sft_coef=a.sft_coef, train_policy=step > cfg.learner.critic_warmup_steps, pad_id=roles.pad_id,
-        timeout_s=cfg.train.timeout_s)
+        estimator_params={k: a[k] for k in registry.ESTIMATORS[a.estimator].params},
+        whiten=a.whiten,
+        kl_coef=a.kl_coef,
+        kl_estimator=a.kl_estimator,
+        kl_in=a.kl_in,
+        sft_coef=a.sft_coef,
+        train_policy=step > cfg.learner.critic_warmup_steps,
+        pad_id=roles.pad_id,
+        timeout_s=cfg.train.timeout_s,
+    )
 
 
 def evaluate(cfg: DictConfig, roles: Roles, problems) -> dict:
@@ -153,16 +196,27 @@ def evaluate(cfg: DictConfig, roles: Roles, problems) -> dict:
 
     def generate_fn(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
         # The same seeds at every evaluation: the curve moves with the policy, not with the noise.
-        sampling = {"n": n, "temperature": temperature, "max_tokens": cfg.rollout.max_new_tokens,
-                    "seed": derive_seed(cfg.seed, "eval")}
+        sampling = {
+            "n": n,
+            "temperature": temperature,
+            "max_tokens": cfg.rollout.max_new_tokens,
+            "seed": derive_seed(cfg.seed, "eval"),
+        }
         reqs = [PromptRequest(str(i), i, p) for i, p in enumerate(prompts)]
         texts: dict[int, dict[int, str]] = {}
         for _, t in roles.generators.stream(reqs, sampling):
             texts.setdefault(t.group_id, {})[t.info["sample"]] = t.response_text
         return [[texts[i][k] for k in range(n)] for i in range(len(prompts))]
 
-    out = evaluate_policy(None, problems, k=cfg.eval.k, temperature=cfg.eval.temperature,
-                          max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.seed, generate_fn=generate_fn)
+    out = evaluate_policy(
+        None,
+        problems,
+        k=cfg.eval.k,
+        temperature=cfg.eval.temperature,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=cfg.seed,
+        generate_fn=generate_fn,
+    )
     out["timing/eval_s"] = out.pop("time_s")  # a wall-clock key of a metrics row: under timing/
     return out
 
@@ -174,10 +228,13 @@ def ensure_policy(cfg: DictConfig) -> str:
         return os.path.abspath(cfg.model.policy)
     is_default = os.path.abspath(cfg.model.policy) == os.path.abspath(ModelConfig.policy)
     if not (cfg.model.sft_if_missing or is_default):
-        raise ConfigError(f"model.policy: no model directory (config.json) at {cfg.model.policy!r}; fix the "
-                          "path, or set model.sft_if_missing=true to create a tiny policy there by SFT")
+        raise ConfigError(
+            f"model.policy: no model directory (config.json) at {cfg.model.policy!r}; fix the "
+            "path, or set model.sft_if_missing=true to create a tiny policy there by SFT"
+        )
     console.print(f"[yellow]no policy at {cfg.model.policy}: running SFT first[/]")
     from orchestrator.sft_command import sft_from_config
+
     return sft_from_config(cfg, os.path.join(cfg.run_dir, "sft"))["policy_dir"]
 
 

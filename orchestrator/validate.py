@@ -10,32 +10,30 @@ import dataclasses
 import difflib
 import os
 import typing
-from typing import Any, Callable
+from collections.abc import Callable, Sequence
+from typing import Any, cast
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from orchestrator.config import ExperimentConfig, RoleResources
+from algo import registry
+from algo.schedules import SCHEDULES
+from orchestrator.config import DTYPES, ROLES, ExperimentConfig, RoleResources
+from tasks import TASKS
+from tasks.arithmetic import OPERATORS
+from tasks.oracle import STEP_MEANINGS
+from workers.sources import SOURCES
+
+# Every choice below comes from the registry that implements it (all of them torch-free, so a bad config
+# fails in a fraction of a second); tests/orchestrator/test_config.py checks that no second list exists.
 
 
 class ConfigError(ValueError):
     """A config problem, message starting with the dotted field name."""
 
 
-ROLES = ("generator", "reward", "critic", "reference", "learner")
-REWARD_SOURCES = ("oracle", "outcome", "prm")
-# The third meaning, "value" (Monte-Carlo rollouts from each step prefix, Math-Shepherd), needs the PRM
-# lifecycle (label prefixes with rollouts, train a PRM on them), which steprl does not have; not offered yet.
-STEP_MEANINGS = ("step_correct", "prefix_correct")
-CRITIC_ESTIMATORS = ("gae", "step_ppo")   # estimators that need values from the critic
-# Mirrors of the algo registries, so validation never imports torch (it must fail in seconds);
-# tests/orchestrator/test_config.py checks they equal algo.advantages.ESTIMATORS / algo.transforms.REWARD_TRANSFORMS.
-ESTIMATORS = ("grpo_outcome", "grpo_process", "grpo_step", "gae", "step_ppo", "pav", "rloo", "reinforce_pp")
-TRANSFORMS = ("identity", "log_prob", "linear", "clip", "delta", "min_form")
-
-
-def load_config(path: str | None, overrides: list[str] = (), check_files: bool = True) -> DictConfig:
+def load_config(path: str | None, overrides: Sequence[str] = (), check_files: bool = True) -> DictConfig:
     """Schema <- YAML file <- dotlist overrides, validated; returns a read-only DictConfig.
     check_files=False skips the checks that named files exist (to validate a cluster recipe elsewhere)."""
     layers = []
@@ -54,7 +52,7 @@ def load_config(path: str | None, overrides: list[str] = (), check_files: bool =
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not key=value")
-        raw = OmegaConf.to_container(OmegaConf.from_dotlist([item]))
+        raw = plain_dict(OmegaConf.from_dotlist([item]))
         check_known_keys(raw, ExperimentConfig, "", source="command line")
         layers.append(raw)
     cfg = OmegaConf.structured(ExperimentConfig)
@@ -69,6 +67,14 @@ def load_config(path: str | None, overrides: list[str] = (), check_files: bool =
         validate_files(cfg)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def plain_dict(node: Any) -> dict[str, Any]:
+    """OmegaConf.to_container of a mapping node (a DictConfig), typed as the plain dict it is."""
+    plain = OmegaConf.to_container(node)
+    if not isinstance(plain, dict):
+        raise TypeError(f"expected a config mapping, got {type(plain).__name__}")
+    return cast(dict[str, Any], plain)  # config keys are strings
 
 
 def check_known_keys(raw: dict, schema: type, prefix: str, source: str) -> None:
@@ -98,13 +104,13 @@ def check_known_keys(raw: dict, schema: type, prefix: str, source: str) -> None:
 
 
 def _dataclass_of(tp) -> type | None:
-    return tp if dataclasses.is_dataclass(tp) else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
 def _item_dataclass(tp) -> type | None:
     """The dataclass inside list[X] / dict[str, X], if any."""
     args = typing.get_args(tp)
-    return args[-1] if args and dataclasses.is_dataclass(args[-1]) else None
+    return _dataclass_of(args[-1]) if args else None
 
 
 # ---------------------------------------------------------------- value rules: (field, check, allowed) ----
@@ -117,11 +123,15 @@ def _positive(v) -> bool:
 
 
 RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
-    ("task.kind", *_choices(("arithmetic", "jsonl"))),
+    ("task.kind", *_choices(tuple(TASKS))),
     ("task.min_steps", _positive, lambda: "an integer >= 1"),
     ("task.modulus", lambda v: v >= 2, lambda: "an integer >= 2"),
-    ("task.operators", lambda v: bool(v) and set(v) <= set("+-*"), lambda: "a non-empty subset of '+-*'"),
-    ("model.dtype", *_choices(("float32", "bfloat16", "float16"))),
+    (
+        "task.operators",
+        lambda v: bool(v) and set(v) <= set(OPERATORS),
+        lambda: f"a non-empty subset of {''.join(OPERATORS)!r}",
+    ),
+    ("model.dtype", *_choices(DTYPES)),
     ("rollout.num_generators", _positive, lambda: "an integer >= 1"),
     ("rollout.prompts_per_step", _positive, lambda: "an integer >= 1"),
     ("rollout.group_size", _positive, lambda: "an integer >= 1"),
@@ -130,21 +140,23 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("rollout.max_new_tokens", _positive, lambda: "an integer >= 1"),
     ("rollout.step_delimiter", lambda v: len(v) > 0, lambda: "a non-empty string"),
     ("reward.meaning", *_choices(STEP_MEANINGS)),
-    ("reward.transform", *_choices(TRANSFORMS)),
-    ("algo.estimator", *_choices(ESTIMATORS)),
-    ("algo.kl_estimator", *_choices(("k1", "k2", "k3"))),
-    ("algo.kl_in", *_choices(("loss", "reward"))),
+    ("reward.transform", *_choices(tuple(registry.TRANSFORMS))),
+    ("algo.estimator", *_choices(tuple(registry.ESTIMATORS))),
+    ("algo.kl_estimator", *_choices(registry.KL_ESTIMATORS)),
+    ("algo.kl_in", *_choices(registry.KL_PLACEMENTS)),
     ("algo.kl_coef", lambda v: v >= 0, lambda: "a number >= 0"),
     ("algo.clip_low", lambda v: 0 < v < 1, lambda: "a number in (0, 1)"),
     ("algo.clip_high", lambda v: v > 0, lambda: "a number > 0"),
     ("algo.dual_clip", lambda v: v is None or v > 1, lambda: "null or a number > 1"),
-    ("algo.loss_agg", *_choices(("token", "step", "sequence"))),
+    ("algo.loss_agg", *_choices(registry.LOSS_AGGREGATIONS)),
+    ("algo.entropy_coef", lambda v: v >= 0, lambda: "a number >= 0"),
+    ("algo.sft_coef", lambda v: v >= 0, lambda: "a number >= 0"),
     ("learner.num_ranks", _positive, lambda: "an integer >= 1"),
     ("learner.backend", *_choices(("gloo", "nccl"))),
     ("learner.zero_stage", *_choices((0, 1, 2, 3))),
     ("learner.micro_batch_size", _positive, lambda: "an integer >= 1"),
     ("learner.lr", lambda v: v > 0, lambda: "a number > 0"),
-    ("learner.schedule", *_choices(("constant", "cosine"))),
+    ("learner.schedule", *_choices(tuple(SCHEDULES))),
     ("learner.ppo_epochs", _positive, lambda: "an integer >= 1"),
     ("learner.mini_batches", _positive, lambda: "an integer >= 1"),
     ("eval.num_problems", _positive, lambda: "an integer >= 1"),
@@ -166,22 +178,38 @@ def validate(cfg: DictConfig) -> None:
         if not ok(value):
             raise ConfigError(f"{key}: bad value {value!r}; allowed: {allowed()}")
     for i, src in enumerate(cfg.reward.sources):
-        if src.name not in REWARD_SOURCES:
-            raise ConfigError(f"reward.sources[{i}].name: bad value {src.name!r}; allowed: one of "
-                              + ", ".join(REWARD_SOURCES))
-        if src.name == "prm" and not src.path:
-            raise ConfigError(f"reward.sources[{i}].path: the prm source needs a model directory")
-        if src.name == "oracle" and cfg.task.kind != "arithmetic":
-            raise ConfigError(f"reward.sources[{i}].name: the oracle step verifier needs task.kind=arithmetic "
-                              f"(got {cfg.task.kind!r}); use a prm source for other tasks")
+        if src.name not in SOURCES:
+            raise ConfigError(
+                f"reward.sources[{i}].name: bad value {src.name!r}; allowed: one of " + ", ".join(SOURCES)
+            )
+        spec = SOURCES[src.name]
+        if not src.weight >= 0:
+            raise ConfigError(f"reward.sources[{i}].weight: bad value {src.weight!r}; allowed: a number >= 0")
+        if spec.needs_path and not src.path:
+            raise ConfigError(f"reward.sources[{i}].path: the {src.name} source needs a model directory")
+        if spec.task_kinds is not None and cfg.task.kind not in spec.task_kinds:
+            raise ConfigError(
+                f"reward.sources[{i}].name: the {src.name} source needs task.kind in "
+                f"{', '.join(spec.task_kinds)} (got {cfg.task.kind!r}); use a prm source for other tasks"
+            )
+    step_weights = [s.weight for s in cfg.reward.sources if SOURCES[s.name].gives == "step"]
+    if step_weights and sum(step_weights) <= 0:
+        raise ConfigError("reward.sources: the weights of the step sources sum to 0 (their mean is undefined)")
+    takes = registry.TRANSFORMS[cfg.reward.transform].params
+    for key in cfg.reward.transform_params:
+        if key not in takes:
+            raise ConfigError(
+                f"reward.transform_params.{key}: the {cfg.reward.transform} transform takes "
+                f"{', '.join(takes) or 'no parameters'}"
+            )
     _cross_field(cfg)
 
 
 def validate_files(cfg: DictConfig) -> None:
     """Files and directories the config names must exist (checked in the driver, before Ray starts)."""
     for i, src in enumerate(cfg.reward.sources):
-        if src.name == "prm" and not os.path.isdir(src.path):
-            raise ConfigError(f"reward.sources[{i}].path: no PRM model directory at {src.path!r}")
+        if SOURCES[src.name].needs_path and not os.path.isdir(src.path):
+            raise ConfigError(f"reward.sources[{i}].path: no model directory at {src.path!r}")
     if cfg.task.kind == "jsonl":
         for key in ("train_path", "eval_path"):
             if not os.path.isfile(cfg.task[key]):
@@ -189,7 +217,8 @@ def validate_files(cfg: DictConfig) -> None:
 
 
 def _cross_field(cfg: DictConfig) -> None:
-    t, r, lr, a = cfg.task, cfg.rollout, cfg.learner, cfg.algo
+    t, r, learner, a = cfg.task, cfg.rollout, cfg.learner, cfg.algo
+    estimator = registry.ESTIMATORS[a.estimator]
     if t.min_steps > t.max_steps:
         raise ConfigError(f"task.min_steps ({t.min_steps}) > task.max_steps ({t.max_steps})")
     if t.operand_max >= t.modulus:
@@ -199,35 +228,46 @@ def _cross_field(cfg: DictConfig) -> None:
             if not t[key]:
                 raise ConfigError(f"task.{key}: task.kind=jsonl needs a JSONL file")
     batch = r.prompts_per_step * r.group_size
-    unit = lr.num_ranks * lr.mini_batches * lr.micro_batch_size
-    if batch % (lr.num_ranks * lr.mini_batches):
-        raise ConfigError(f"rollout.prompts_per_step x rollout.group_size ({batch}) must be divisible by "
-                          f"learner.num_ranks x learner.mini_batches ({lr.num_ranks * lr.mini_batches})")
-    per_rank_mini = batch // (lr.num_ranks * lr.mini_batches)
-    if per_rank_mini % lr.micro_batch_size:
-        raise ConfigError(f"learner.micro_batch_size ({lr.micro_batch_size}) must divide the per-rank "
-                          f"mini-batch {per_rank_mini} = rollout.prompts_per_step x rollout.group_size / "
-                          f"(learner.num_ranks x learner.mini_batches); one unit is {unit} samples")
-    if a.estimator.startswith("grpo") or a.estimator == "rloo":
-        if r.group_size < 2:
-            raise ConfigError(f"algo.estimator={a.estimator} needs rollout.group_size >= 2 "
-                              f"(got {r.group_size})")
+    unit = learner.num_ranks * learner.mini_batches * learner.micro_batch_size
+    if batch % (learner.num_ranks * learner.mini_batches):
+        raise ConfigError(
+            f"rollout.prompts_per_step x rollout.group_size ({batch}) must be divisible by "
+            f"learner.num_ranks x learner.mini_batches ({learner.num_ranks * learner.mini_batches})"
+        )
+    per_rank_mini = batch // (learner.num_ranks * learner.mini_batches)
+    if per_rank_mini % learner.micro_batch_size:
+        raise ConfigError(
+            f"learner.micro_batch_size ({learner.micro_batch_size}) must divide the per-rank "
+            f"mini-batch {per_rank_mini} = rollout.prompts_per_step x rollout.group_size / "
+            f"(learner.num_ranks x learner.mini_batches); one unit is {unit} samples"
+        )
+    if estimator.needs_groups and r.group_size < 2:
+        raise ConfigError(
+            f"algo.estimator={a.estimator} compares samples of a prompt: it needs "
+            f"rollout.group_size >= 2 (got {r.group_size})"
+        )
     if r.max_new_tokens >= r.max_model_len:
-        raise ConfigError(f"rollout.max_new_tokens ({r.max_new_tokens}) must be < rollout.max_model_len "
-                          f"({r.max_model_len}) to leave room for the prompt")
-    if lr.backend == "nccl" and cfg.cluster.roles.learner.num_gpus <= 0:
+        raise ConfigError(
+            f"rollout.max_new_tokens ({r.max_new_tokens}) must be < rollout.max_model_len "
+            f"({r.max_model_len}) to leave room for the prompt"
+        )
+    if learner.backend == "nccl" and cfg.cluster.roles.learner.num_gpus <= 0:
         raise ConfigError("learner.backend=nccl needs cluster.roles.learner.num_gpus > 0")
-    if lr.critic_warmup_steps and a.estimator not in CRITIC_ESTIMATORS:
-        raise ConfigError(f"learner.critic_warmup_steps={lr.critic_warmup_steps} but algo.estimator="
-                          f"{a.estimator} uses no critic (critic estimators: {', '.join(CRITIC_ESTIMATORS)})")
-    if not any(s.name in ("oracle", "prm") for s in cfg.reward.sources) and a.estimator in (
-            "grpo_process", "grpo_step", "step_ppo", "pav"):
-        raise ConfigError(f"algo.estimator={a.estimator} needs step rewards but reward.sources has no "
-                          "step source (oracle or prm)")
+    if learner.critic_warmup_steps and not estimator.needs_values:
+        critics = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.needs_values)
+        raise ConfigError(
+            f"learner.critic_warmup_steps={learner.critic_warmup_steps} but algo.estimator="
+            f"{a.estimator} uses no critic (critic estimators: {critics})"
+        )
+    if estimator.needs_step_rewards and not any(SOURCES[s.name].gives == "step" for s in cfg.reward.sources):
+        steps = ", ".join(n for n, s in SOURCES.items() if s.gives == "step")
+        raise ConfigError(
+            f"algo.estimator={a.estimator} needs step rewards but reward.sources has no step source ({steps})"
+        )
 
 
 def needs_critic(cfg: DictConfig) -> bool:
-    return cfg.algo.estimator in CRITIC_ESTIMATORS
+    return registry.ESTIMATORS[cfg.algo.estimator].needs_values
 
 
 def explain(schema: type = ExperimentConfig, prefix: str = "") -> list[str]:
@@ -239,6 +279,11 @@ def explain(schema: type = ExperimentConfig, prefix: str = "") -> list[str]:
         if sub is not None:
             lines += explain(sub, f"{prefix}{fl.name}.")
         else:
-            default = fl.default if fl.default is not dataclasses.MISSING else fl.default_factory()
+            if fl.default is not dataclasses.MISSING:
+                default = fl.default
+            elif callable(fl.default_factory):  # i.e. not MISSING
+                default = fl.default_factory()
+            else:
+                raise TypeError(f"{prefix}{fl.name}: schema field has neither a default nor a default_factory")
             lines.append(f"{prefix}{fl.name} = {default!r}  # {fl.metadata.get('doc', '')}")
     return lines

@@ -1,12 +1,46 @@
-"""Reasoning tasks with verifiable answers (and, for arithmetic chains, oracle step labels)."""
+"""Reasoning tasks with verifiable answers (and, for arithmetic chains, oracle step labels).
+
+`TASKS` is the registry of task kinds (`task.kind` in a config): name -> a constructor from TaskSettings.
+Every task offers sample(n, split, seed) and prompt_text(problem); problems carry an `answer`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from tasks.arithmetic import ArithmeticTask
-
-# Task registry: config name -> class taking plain keyword arguments.
-TASKS = {"arithmetic": ArithmeticTask}
+from tasks.jsonl import JsonlTask
 
 
-def make_task(name: str, **kwargs):
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}")
-    return TASKS[name](**kwargs)
+@dataclass(frozen=True)
+class TaskSettings:
+    """Plain values a task is built from: the config's task section plus what the run adds."""
+
+    kind: str
+    seed: int
+    min_steps: int
+    max_steps: int
+    modulus: int
+    operand_max: int
+    operators: str
+    train_path: str | None
+    eval_path: str | None
+    skip_bad_rows: bool
+    tokenizer_dir: str  # the policy's tokenizer: JSONL prompts must fit rollout.max_model_len with it
+    max_model_len: int
+    trust_remote_code: bool
+
+
+TASKS: dict[str, Callable[[TaskSettings], Any]] = {
+    "arithmetic": ArithmeticTask.from_settings,
+    "jsonl": JsonlTask.from_settings,
+}
+
+
+def make_task(settings: TaskSettings) -> Any:
+    """The task of kind settings.kind."""
+    if settings.kind not in TASKS:
+        raise ValueError(f"unknown task kind {settings.kind!r}; valid: {', '.join(TASKS)}")
+    return TASKS[settings.kind](settings)

@@ -23,6 +23,10 @@ import hashlib
 import random
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tasks import TaskSettings
 
 STEP_DELIMITER = "\n"
 ANSWER_PREFIX = "A"
@@ -44,9 +48,9 @@ class Problem:
 
     prompt_id: str
     prompt: str
-    answer: str                   # decimal string of the final value, e.g. "2"
-    operands: tuple[int, ...]     # (1, 5, 8, 4)
-    ops: tuple[str, ...]          # ("+", "-", "+"), one per step
+    answer: str  # decimal string of the final value, e.g. "2"
+    operands: tuple[int, ...]  # (1, 5, 8, 4)
+    ops: tuple[str, ...]  # ("+", "-", "+"), one per step
     modulus: int = 10
 
     @property
@@ -55,7 +59,7 @@ class Problem:
 
 
 def apply_op(op: str, a: int, b: int, modulus: int) -> int:
-    return OPERATORS[op](a, b) % modulus
+    return int(OPERATORS[op](a, b)) % modulus
 
 
 def prompt_id_of(prompt: str) -> str:
@@ -69,16 +73,15 @@ def split_of(prompt: str, eval_percent: int = 20) -> str:
     return "eval" if bucket < eval_percent else "train"
 
 
-def make_problem(operands: list[int] | tuple[int, ...], ops: list[str] | tuple[str, ...],
-                 modulus: int = 10) -> Problem:
+def make_problem(operands: list[int] | tuple[int, ...], ops: list[str] | tuple[str, ...], modulus: int = 10) -> Problem:
     if len(operands) != len(ops) + 1 or not ops:
         raise ValueError(f"need len(operands) == len(ops) + 1 >= 2, got operands={operands} ops={ops}")
     bad = [o for o in ops if o not in OPERATORS]
     if bad:
         raise ValueError(f"unknown operator(s) {bad}; known: {sorted(OPERATORS)}")
-    prompt = str(operands[0]) + "".join(f"{o}{b}" for o, b in zip(ops, operands[1:])) + "="
+    prompt = str(operands[0]) + "".join(f"{o}{b}" for o, b in zip(ops, operands[1:], strict=True)) + "="
     value = operands[0]
-    for o, b in zip(ops, operands[1:]):
+    for o, b in zip(ops, operands[1:], strict=True):
         value = apply_op(o, value, b, modulus)
     return Problem(prompt_id_of(prompt), prompt, str(value), tuple(operands), tuple(ops), modulus)
 
@@ -100,16 +103,16 @@ def prompt_text(problem: Problem) -> str:
 
 def rest_text(ops: tuple[str, ...] | list[str], operands: tuple[int, ...] | list[int]) -> str:
     """The remaining chain written after a result, e.g. ``-8+4`` (empty when nothing remains)."""
-    return "".join(f"{o}{b}" for o, b in zip(ops, operands))
+    return "".join(f"{o}{b}" for o, b in zip(ops, operands, strict=True))
 
 
 def solution_steps(problem: Problem) -> list[str]:
     """Gold step lines without their delimiters: n operation lines, then the answer line."""
     lines = []
     value = problem.operands[0]  # written as given; every result is reduced mod modulus
-    for k, (op, b) in enumerate(zip(problem.ops, problem.operands[1:])):
+    for k, (op, b) in enumerate(zip(problem.ops, problem.operands[1:], strict=True)):
         result = apply_op(op, value, b, problem.modulus)
-        rest = rest_text(problem.ops[k + 1:], problem.operands[k + 2:])
+        rest = rest_text(problem.ops[k + 1 :], problem.operands[k + 2 :])
         lines.append(f"{value}{op}{b}={result}" + (f" {rest}" if rest else ""))
         value = result
     lines.append(f"{ANSWER_PREFIX}{value}")
@@ -124,9 +127,16 @@ def solution_text(problem: Problem) -> str:
 class ArithmeticTask:
     """Seeded sampler of arithmetic chains. Difficulty grows with the number of operations."""
 
-    def __init__(self, min_steps: int = 2, max_steps: int = 5, modulus: int = 10,
-                 operand_max: int | None = None, operators: str = "+-", seed: int = 0,
-                 eval_percent: int = 20):
+    def __init__(
+        self,
+        min_steps: int = 2,
+        max_steps: int = 5,
+        modulus: int = 10,
+        operand_max: int | None = None,
+        operators: str = "+-",
+        seed: int = 0,
+        eval_percent: int = 20,
+    ):
         operand_max = modulus - 1 if operand_max is None else operand_max
         if not 1 <= min_steps <= max_steps:
             raise ValueError(f"need 1 <= min_steps <= max_steps, got min_steps={min_steps} max_steps={max_steps}")
@@ -142,6 +152,17 @@ class ArithmeticTask:
         self.modulus, self.operand_max, self.operators = modulus, operand_max, operators
         self.eval_percent = eval_percent
         self.rng = random.Random(seed)
+
+    @classmethod
+    def from_settings(cls, s: TaskSettings) -> ArithmeticTask:
+        return cls(
+            min_steps=s.min_steps,
+            max_steps=s.max_steps,
+            modulus=s.modulus,
+            operand_max=s.operand_max,
+            operators=s.operators,
+            seed=s.seed,
+        )
 
     def _draw(self, rng: random.Random) -> Problem:
         n = rng.randint(self.min_steps, self.max_steps)

@@ -18,8 +18,15 @@ import hashlib
 import json
 import math
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from tasks.oracle import Labels
+
+T = TypeVar("T")
 
 
 class DatasetError(ValueError):
@@ -45,7 +52,7 @@ class StepExample:
 _BOM = b"\xef\xbb\xbf"
 
 
-def _no_duplicate_keys(pairs: list) -> dict:
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     # json.loads keeps the last of repeated keys silently; two prompts in one row is a data bug
     seen = set()
     for key, _ in pairs:
@@ -55,15 +62,16 @@ def _no_duplicate_keys(pairs: list) -> dict:
     return dict(pairs)
 
 
-def _parse_line(raw: bytes, where: str) -> dict:
+def _parse_line(raw: bytes, where: str) -> dict[str, Any]:
     """One JSONL line (bytes) -> a JSON object; DatasetError naming ``where`` for anything else.
 
     Lines are decoded one at a time, so one non-UTF-8 line is a bad row, not a crash of the whole file."""
     try:
         line = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{where}: line is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column "
-                           f"{e.start + 1})") from None
+        raise DatasetError(
+            f"{where}: line is not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+        ) from None
     try:
         row = json.loads(line, object_pairs_hook=_no_duplicate_keys)
     except DatasetError as e:
@@ -77,21 +85,22 @@ def _parse_line(raw: bytes, where: str) -> dict:
     return row
 
 
-def _rows(path: Path):
+def _rows(path: Path) -> Iterator[tuple[int, bytes]]:
     """(line number, line bytes) per non-blank line. Read as bytes: decoding is per line (_parse_line)."""
     with open(path, "rb") as f:
         for lineno, raw in enumerate(f, start=1):
             if lineno == 1 and raw.startswith(_BOM):
-                raw = raw[len(_BOM):]  # a BOM at the start of the file is an encoding mark, not row data
+                raw = raw[len(_BOM) :]  # a BOM at the start of the file is an encoding mark, not row data
             if raw.strip():
                 yield lineno, raw
 
 
-def _read(path: str | Path, parse_row, skip_bad: bool) -> tuple[list, int]:
+def _read(path: str | Path, parse_row: Callable[[dict[str, Any], str], T], skip_bad: bool) -> tuple[list[T], int]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"dataset file not found: {path}")
-    items, skipped = [], 0
+    items: list[T] = []
+    skipped = 0
     for lineno, raw in _rows(path):
         where = f"{path}:{lineno}"
         try:
@@ -103,30 +112,32 @@ def _read(path: str | Path, parse_row, skip_bad: bool) -> tuple[list, int]:
     return items, skipped
 
 
-def _field(row: dict, name: str, where: str, types: tuple):
+def _field(row: dict[str, Any], name: str, where: str, types: tuple[type, ...]) -> Any:
     if name not in row:
         raise DatasetError(f"{where}: missing field '{name}'")
     value = row[name]
     if isinstance(value, bool) or not isinstance(value, types):
-        raise DatasetError(f"{where}: field '{name}' must be {'/'.join(t.__name__ for t in types)}, "
-                           f"got {type(value).__name__}")
+        raise DatasetError(
+            f"{where}: field '{name}' must be {'/'.join(t.__name__ for t in types)}, got {type(value).__name__}"
+        )
     return _valid_value(value, name, where)
 
 
-def _valid_value(value, name: str, where: str):
+def _valid_value(value: Any, name: str, where: str) -> Any:
     """Reject values JSON can hold but text and numbers cannot: lone surrogates, NaN / inf."""
     if isinstance(value, str):
         try:
             value.encode("utf-8")  # a "\ud800" escape decodes to a str that cannot be encoded (or hashed)
         except UnicodeEncodeError:
-            raise DatasetError(f"{where}: field '{name}' holds a lone surrogate (\\ud800-\\udfff escape), "
-                               f"not valid Unicode text") from None
+            raise DatasetError(
+                f"{where}: field '{name}' holds a lone surrogate (\\ud800-\\udfff escape), not valid Unicode text"
+            ) from None
     elif isinstance(value, float) and not math.isfinite(value):  # json reads NaN, Infinity, 1e999
         raise DatasetError(f"{where}: field '{name}' must be finite, got {value}")
     return value
 
 
-def _problem_row(row: dict, where: str) -> TextProblem:
+def _problem_row(row: dict[str, Any], where: str) -> TextProblem:
     prompt = _field(row, "prompt", where, (str,))
     answer = _field(row, "answer", where, (str, int, float))
     if not prompt.strip():
@@ -146,7 +157,7 @@ def load_jsonl_problems(path: str | Path, skip_bad: bool = False) -> tuple[list[
     return _read(path, _problem_row, skip_bad)
 
 
-def _step_row(row: dict, where: str) -> StepExample:
+def _step_row(row: dict[str, Any], where: str) -> StepExample:
     prompt = _field(row, "prompt", where, (str,))
     steps = _field(row, "steps", where, (list,))
     labels = _field(row, "labels", where, (list,))
@@ -189,11 +200,21 @@ def write_step_jsonl(path: str | Path, examples: list[StepExample]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def label_text_answer(problem: TextProblem, response_text: str):
+def label_text_answer(problem: TextProblem, response_text: str) -> Labels:
     """Outcome-only labels for a dataset problem (no oracle exists for its steps: step lists are empty)."""
     from tasks.oracle import Labels
-    return Labels(step_correct=[], prefix_correct=[], outcome=check_answer(response_text, problem.answer),
-                  format_ok=True, num_steps=0, first_error=None, answer=None, truncated=False, reason="")
+
+    return Labels(
+        step_correct=[],
+        prefix_correct=[],
+        outcome=check_answer(response_text, problem.answer),
+        format_ok=True,
+        num_steps=0,
+        first_error=None,
+        answer=None,
+        truncated=False,
+        reason="",
+    )
 
 
 def text_prompt(problem: TextProblem) -> str:

@@ -16,36 +16,65 @@ check that vLLM decodes the same text.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
-from transformers import (AutoModelForCausalLM, AutoModelForTokenClassification, GenerationConfig,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen2ForTokenClassification)
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForTokenClassification,
+    GenerationConfig,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+    Qwen2ForTokenClassification,
+)
 
 from tasks.tokenizer import load_tokenizer
 
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
-def tiny_qwen2_config(vocab_size: int, eos_id: int, pad_id: int, *, hidden: int = 128, layers: int = 4,
-                      heads: int = 4, kv_heads: int = 2, intermediate: int | None = None,
-                      max_positions: int = 512) -> Qwen2Config:
+def tiny_qwen2_config(
+    vocab_size: int,
+    eos_id: int,
+    pad_id: int,
+    *,
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 512,
+) -> Qwen2Config:
     if hidden % heads:
         raise ValueError(f"hidden={hidden} must be divisible by heads={heads}")
     if heads % kv_heads:
         raise ValueError(f"heads={heads} must be divisible by kv_heads={kv_heads}")
     if hidden // heads not in VLLM_CPU_HEAD_SIZES:
-        raise ValueError(f"head size hidden/heads = {hidden // heads} is not one vLLM's CPU attention "
-                         f"supports {VLLM_CPU_HEAD_SIZES}; change hidden={hidden} or heads={heads}")
+        raise ValueError(
+            f"head size hidden/heads = {hidden // heads} is not one vLLM's CPU attention "
+            f"supports {VLLM_CPU_HEAD_SIZES}; change hidden={hidden} or heads={heads}"
+        )
     return Qwen2Config(
-        vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate or 3 * hidden,
-        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-        max_position_embeddings=max_positions, tie_word_embeddings=True, rms_norm_eps=1e-6,
-        bos_token_id=None, eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True,
-        classifier_dropout=0.0,  # value heads and PRMs must be deterministic in train mode too
-        dtype="float32")
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=intermediate or 3 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=True,
+        rms_norm_eps=1e-6,
+        bos_token_id=None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        use_cache=True,
+        # Value heads and PRMs must be deterministic in train mode too. A Qwen2 field that the stubs omit.
+        classifier_dropout=0.0,  # type: ignore[call-arg]
+        dtype="float32",
+    )
 
 
-def save_model_dir(model, tokenizer, out_dir: str | Path) -> Path:
+def save_model_dir(model: Any, tokenizer: Any, out_dir: str | Path) -> Path:
     """Write model (float32 safetensors) + tokenizer (+ generation config for causal LMs)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -54,17 +83,35 @@ def save_model_dir(model, tokenizer, out_dir: str | Path) -> Path:
     return out
 
 
-def make_tiny_policy(out_dir: str | Path, tokenizer, *, hidden: int = 128, layers: int = 4, heads: int = 4,
-                     kv_heads: int = 2, intermediate: int | None = None, max_positions: int = 512,
-                     seed: int = 0) -> Qwen2ForCausalLM:
+def make_tiny_policy(
+    out_dir: str | Path,
+    tokenizer: Any,
+    *,
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    intermediate: int | None = None,
+    max_positions: int = 512,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
     """A randomly initialised Qwen2 causal LM saved to ``out_dir`` with ``tokenizer``; returns the model."""
-    cfg = tiny_qwen2_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id, hidden=hidden,
-                            layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
-                            max_positions=max_positions)
+    cfg = tiny_qwen2_config(
+        len(tokenizer),
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        intermediate=intermediate,
+        max_positions=max_positions,
+    )
     torch.manual_seed(seed)
     model = Qwen2ForCausalLM(cfg).float()
-    model.generation_config = GenerationConfig(eos_token_id=tokenizer.eos_token_id,
-                                               pad_token_id=tokenizer.pad_token_id, do_sample=False)
+    model.generation_config = GenerationConfig(
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, do_sample=False
+    )
     save_model_dir(model, tokenizer, out_dir)
     return model
 
@@ -74,8 +121,15 @@ def _token_classifier_from(policy_dir: str | Path, num_labels: int, seed: int) -
     (zero head: the initial critic predicts 0 and the initial PRM 0.5, instead of noise)."""
     policy = AutoModelForCausalLM.from_pretrained(str(policy_dir), dtype=torch.float32)
     fields = {k: v for k, v in policy.config.to_dict().items() if k not in ("id2label", "label2id")}
-    cfg = Qwen2Config.from_dict({**fields, "num_labels": num_labels, "classifier_dropout": 0.0,
-                                 "tie_word_embeddings": False, "architectures": None})
+    cfg = Qwen2Config.from_dict(
+        {
+            **fields,
+            "num_labels": num_labels,
+            "classifier_dropout": 0.0,
+            "tie_word_embeddings": False,
+            "architectures": None,
+        }
+    )
     torch.manual_seed(seed)
     model = Qwen2ForTokenClassification(cfg).float()
     model.model.load_state_dict(policy.model.state_dict(), strict=True)  # raises on any mismatch
@@ -91,9 +145,18 @@ def make_tiny_critic(out_dir: str | Path, policy_dir: str | Path, seed: int = 0)
     return model
 
 
-def make_tiny_prm(out_dir: str | Path, *, policy_dir: str | Path | None = None, tokenizer=None,
-                  num_labels: int = 1, hidden: int = 128, layers: int = 4, heads: int = 4, kv_heads: int = 2,
-                  seed: int = 0) -> Qwen2ForTokenClassification:
+def make_tiny_prm(
+    out_dir: str | Path,
+    *,
+    policy_dir: str | Path | None = None,
+    tokenizer: Any = None,
+    num_labels: int = 1,
+    hidden: int = 128,
+    layers: int = 4,
+    heads: int = 4,
+    kv_heads: int = 2,
+    seed: int = 0,
+) -> Qwen2ForTokenClassification:
     """A PRM scoring each step separator. From ``policy_dir``'s backbone if given (the usual start for
     PRM training), else random with ``tokenizer``. Untrained: it scores 0.5 everywhere until trained."""
     if num_labels not in (1, 2):
@@ -101,8 +164,15 @@ def make_tiny_prm(out_dir: str | Path, *, policy_dir: str | Path | None = None, 
     if policy_dir is not None:
         model, tokenizer = _token_classifier_from(policy_dir, num_labels, seed), load_tokenizer(policy_dir)
     elif tokenizer is not None:
-        cfg = tiny_qwen2_config(len(tokenizer), tokenizer.eos_token_id, tokenizer.pad_token_id,
-                                hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads)
+        cfg = tiny_qwen2_config(
+            len(tokenizer),
+            tokenizer.eos_token_id,
+            tokenizer.pad_token_id,
+            hidden=hidden,
+            layers=layers,
+            heads=heads,
+            kv_heads=kv_heads,
+        )
         cfg.num_labels, cfg.tie_word_embeddings = num_labels, False
         torch.manual_seed(seed)
         model = Qwen2ForTokenClassification(cfg).float()
@@ -112,8 +182,9 @@ def make_tiny_prm(out_dir: str | Path, *, policy_dir: str | Path | None = None, 
     return model
 
 
-def prm_input_ids(tokenizer, question: str, steps: list[str],
-                  separator: str = "\n") -> tuple[list[int], list[int]]:
+def prm_input_ids(
+    tokenizer: Any, question: str, steps: list[str], separator: str = "\n"
+) -> tuple[list[int], list[int]]:
     """Token ids of question, step 1, separator, step 2, separator, ... and the index of the last
     separator token of each step (the scored positions). Pieces are encoded one by one, so no BPE merge
     can cross a step boundary and the positions are exact."""
@@ -129,28 +200,35 @@ def prm_input_ids(tokenizer, question: str, steps: list[str],
 
 
 @torch.no_grad()
-def prm_step_scores(model, tokenizer, question: str, steps: list[str], separator: str = "\n") -> list[float]:
+def prm_step_scores(model: Any, tokenizer: Any, question: str, steps: list[str], separator: str = "\n") -> list[float]:
     """One score in [0, 1] per step: the PRM's probability that the step is correct."""
     if not steps:
         return []
     ids, positions = prm_input_ids(tokenizer, question, steps, separator)
-    logits = model(input_ids=torch.tensor([ids])).logits[0, positions]   # [steps, num_labels]
+    logits = model(input_ids=torch.tensor([ids])).logits[0, positions]  # [steps, num_labels]
     if logits.shape[-1] == 1:
         return torch.sigmoid(logits[:, 0]).tolist()
     return torch.softmax(logits, dim=-1)[:, 1].tolist()
 
 
-def load_policy(model_dir: str | Path):
+def load_policy(model_dir: str | Path) -> Any:
     return AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
 
 
-def load_token_classifier(model_dir: str | Path):
+def load_token_classifier(model_dir: str | Path) -> Any:
     return AutoModelForTokenClassification.from_pretrained(str(model_dir), dtype=torch.float32)
 
 
 @torch.no_grad()
-def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float, max_new_tokens: int,
-                batch_size: int = 64) -> list[list[str]]:
+def hf_generate(
+    model: Any,
+    tokenizer: Any,
+    prompts: list[str],
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    batch_size: int = 64,
+) -> list[list[str]]:
     """n completions per prompt with HF generate (left padding). Text stops before the first EOS;
     nothing else is stripped, so a stray special token shows up in the text (and fails the oracle)."""
     if tokenizer.padding_side != "left":
@@ -158,20 +236,25 @@ def hf_generate(model, tokenizer, prompts: list[str], n: int, temperature: float
     greedy = temperature <= 0
     out: list[list[str]] = []
     for i in range(0, len(prompts), batch_size):
-        chunk = prompts[i:i + batch_size]
+        chunk = prompts[i : i + batch_size]
         enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
         # Pure sampling: HF would otherwise apply its global default top_k=50 (vLLM's default is off).
         sampling = {} if greedy else {"temperature": temperature, "top_k": 0, "top_p": 1.0}
-        gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=not greedy, **sampling,
-                             num_return_sequences=1 if greedy else n,
-                             eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
-        new = gen[:, enc["input_ids"].shape[1]:].tolist()
-        texts = [tokenizer.decode(_until_eos(ids, tokenizer.eos_token_id), skip_special_tokens=False)
-                 for ids in new]
+        gen = model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=not greedy,
+            **sampling,
+            num_return_sequences=1 if greedy else n,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        new = gen[:, enc["input_ids"].shape[1] :].tolist()
+        texts = [tokenizer.decode(_until_eos(ids, tokenizer.eos_token_id), skip_special_tokens=False) for ids in new]
         per = 1 if greedy else n
-        out += [texts[j * per:(j + 1) * per] * (n if greedy else 1) for j in range(len(chunk))]
+        out += [texts[j * per : (j + 1) * per] * (n if greedy else 1) for j in range(len(chunk))]
     return out
 
 
 def _until_eos(ids: list[int], eos: int) -> list[int]:
-    return ids[:ids.index(eos)] if eos in ids else ids
+    return ids[: ids.index(eos)] if eos in ids else ids

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from tasks.arithmetic import ANSWER_PREFIX, STEP_DELIMITER, Problem, apply_op
 
@@ -32,23 +33,29 @@ _REST_RE = re.compile(r"([+\-*])" + _NUM)
 _ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + _NUM)
 
 
+# What an oracle step reward can mean (reward.meaning): the per-step label fields of Labels. A third
+# meaning, "value" (Monte-Carlo rollouts from each step prefix, Math-Shepherd), needs the PRM lifecycle
+# (label prefixes with rollouts, train a PRM on them), which steprl does not have yet.
+STEP_MEANINGS = ("step_correct", "prefix_correct")
+
+
 @dataclass
 class Labels:
-    step_correct: list[bool]      # one per step (line)
-    prefix_correct: list[bool]    # one per step: all steps up to and including this one are right
-    outcome: bool                 # final answer right
-    format_ok: bool               # exactly the gold shape: num_ops operation lines, answer line, all terminated
-    num_steps: int                # number of lines, the unterminated last one included
-    first_error: int | None       # 0-based index of the first wrong step; num_steps if steps are missing
-    answer: str | None            # value of the last answer line seen, if any
-    truncated: bool               # the last line has no "\n"
-    reason: str                   # first format problem, "" when format_ok
+    step_correct: list[bool]  # one per step (line)
+    prefix_correct: list[bool]  # one per step: all steps up to and including this one are right
+    outcome: bool  # final answer right
+    format_ok: bool  # exactly the gold shape: num_ops operation lines, answer line, all terminated
+    num_steps: int  # number of lines, the unterminated last one included
+    first_error: int | None  # 0-based index of the first wrong step; num_steps if steps are missing
+    answer: str | None  # value of the last answer line seen, if any
+    truncated: bool  # the last line has no "\n"
+    reason: str  # first format problem, "" when format_ok
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def split_steps(response_text: str) -> tuple[list[str], bool]:
+def split_lines(response_text: str) -> tuple[list[str], bool]:
     """Lines of a response (without delimiters) and whether the last one is unterminated."""
     lines = response_text.split(STEP_DELIMITER)
     if lines[-1] == "":
@@ -56,14 +63,21 @@ def split_steps(response_text: str) -> tuple[list[str], bool]:
     return lines, True
 
 
-def _judge_line(line: str, value: int, remaining: list[tuple[str, int]], modulus: int):
+def _judge_line(
+    line: str, value: int, remaining: list[tuple[str, int]], modulus: int
+) -> tuple[str, bool, int, list[tuple[str, int]]]:
     """Judge one line against the state it uses. Returns (kind, correct, new_value, new_remaining)."""
     m = _LINE_RE.fullmatch(line)
     if m is not None:
         a, op, b, r = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
         rest = [(o, int(x)) for o, x in _REST_RE.findall(m.group(5) or "")]
-        correct = (bool(remaining) and a == value and (op, b) == remaining[0]
-                   and r == apply_op(op, a, b, modulus) and rest == remaining[1:])
+        correct = (
+            bool(remaining)
+            and a == value
+            and (op, b) == remaining[0]
+            and r == apply_op(op, a, b, modulus)
+            and rest == remaining[1:]
+        )
         return "op", correct, r, rest
     m = _ANSWER_RE.fullmatch(line)
     if m is not None:
@@ -73,31 +87,37 @@ def _judge_line(line: str, value: int, remaining: list[tuple[str, int]], modulus
 
 def label_response(problem: Problem, response_text: str) -> Labels:
     """Oracle labels of any response text for ``problem`` (never raises on malformed text)."""
-    lines, truncated = split_steps(response_text)
+    lines, truncated = split_lines(response_text)
     value = problem.operands[0]
-    remaining = list(zip(problem.ops, problem.operands[1:]))
+    remaining = list(zip(problem.ops, problem.operands[1:], strict=True))
     step_correct: list[bool] = []
     reason, answer, answered, n_op_lines = "", None, False, 0
 
     for k, line in enumerate(lines):
         kind, correct, value, remaining = _judge_line(line, value, remaining, problem.modulus)
         unterminated = truncated and k == len(lines) - 1
-        problem_here = ("truncated step" if unterminated else
-                        "step after the answer line" if answered else
-                        "unparseable step" if kind == "garbage" else "")
+        problem_here = (
+            "truncated step"
+            if unterminated
+            else "step after the answer line"
+            if answered
+            else "unparseable step"
+            if kind == "garbage"
+            else ""
+        )
         if problem_here and not reason:
             reason = f"{problem_here} {k + 1}: {line[:40]!r}"
         step_correct.append(correct and not answered and not unterminated)
         n_op_lines += kind == "op"
         if kind == "answer":
-            answer, answered = line[len(ANSWER_PREFIX):], True
+            answer, answered = line[len(ANSWER_PREFIX) :], True
 
     if not reason and not answered:
         reason = "no answer line"
     if not reason and n_op_lines != problem.num_ops:
         reason = f"{n_op_lines} operation steps, expected {problem.num_ops}"
     last_is_answer = bool(lines) and not truncated and _ANSWER_RE.fullmatch(lines[-1]) is not None
-    outcome = last_is_answer and int(lines[-1][len(ANSWER_PREFIX):]) == int(problem.answer)
+    outcome = last_is_answer and int(lines[-1][len(ANSWER_PREFIX) :]) == int(problem.answer)
 
     prefix_correct, ok = [], True
     for c in step_correct:
@@ -106,5 +126,6 @@ def label_response(problem: Problem, response_text: str) -> Labels:
     wrong = [k for k, c in enumerate(step_correct) if not c]
     # All present steps right but no answer line: the first missing step is the first error.
     first_error = wrong[0] if wrong else (None if answered else len(lines))
-    return Labels(step_correct, prefix_correct, outcome, reason == "", len(lines), first_error,
-                  answer, truncated, reason)
+    return Labels(
+        step_correct, prefix_correct, outcome, reason == "", len(lines), first_error, answer, truncated, reason
+    )

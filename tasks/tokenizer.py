@@ -11,6 +11,7 @@ ids by construction, and every byte (the "\\n" step delimiter included) round-tr
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
@@ -22,10 +23,12 @@ PAD_TOKEN = "<|pad|>"
 
 def _pipeline(tok: Tokenizer) -> Tokenizer:
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     return tok
 
@@ -42,23 +45,27 @@ def train_bpe_tokenizer(texts: list[str], vocab_size: int = 300) -> PreTrainedTo
         raise ValueError("train_bpe_tokenizer: texts is empty")
     tok = _pipeline(Tokenizer(models.BPE()))
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, special_tokens=[EOS_TOKEN, PAD_TOKEN],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        vocab_size=vocab_size,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator(texts, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN)
 
 
-def task_tokenizer(task, n_texts: int = 2000, vocab_size: int = 300, seed: int = 0) -> PreTrainedTokenizerFast:
+def task_tokenizer(task: Any, n_texts: int = 2000, vocab_size: int = 300, seed: int = 0) -> PreTrainedTokenizerFast:
     """A tokenizer trained on ``n_texts`` prompts + gold solutions of ``task`` (fixed seed)."""
     problems = task.sample(n_texts, "train", seed=seed)
     return train_bpe_tokenizer([task.prompt_text(p) + task.solution_text(p) for p in problems], vocab_size)
 
 
-def load_tokenizer(model_dir: str | Path):
+def load_tokenizer(model_dir: str | Path) -> Any:
     """Load the way vLLM does (AutoTokenizer), left padding for batched generation."""
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     if tok.eos_token_id is None or tok.pad_token_id is None:
-        raise ValueError(f"{model_dir}: tokenizer needs eos and pad tokens "
-                         f"(eos={tok.eos_token!r}, pad={tok.pad_token!r})")
+        raise ValueError(
+            f"{model_dir}: tokenizer needs eos and pad tokens (eos={tok.eos_token!r}, pad={tok.pad_token!r})"
+        )
     tok.padding_side = "left"
     return tok

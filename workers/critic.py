@@ -18,29 +18,21 @@ from pathlib import Path
 
 import torch
 
-from algo.losses import value_loss
-from learner.batching import (
-    agg_units,
+from algo.batch import valid_token_mask
+from algo.losses import agg_units, value_loss
+from engine.batching import (
+    accumulated_step,
     batch_size,
     check_rows,
+    epochs_of_updates,
     forward_logits,
     micro_slices,
-    minibatch_rows,
     select,
     shift_right,
     trajectory_row,
 )
-from learner.engine import (
-    accumulated_step,
-    build_engine,
-    free_port,
-    init_distributed,
-    load_engine_checkpoint,
-    load_rng,
-    prepare_process,
-    save_engine_checkpoint,
-    save_rng,
-)
+from engine.build import build_engine, free_port, init_distributed, load_checkpoint, save_checkpoint
+from engine.process import prepare_process
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
 METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
@@ -57,11 +49,13 @@ def load_value_model(model_dir: str, critic_dir: str | None, trust_remote_code: 
     if critic_dir is not None and not is_critic:
         raise ValueError(f"critic_dir {src}: expected a token-classification model, found architectures {archs}")
     head = {} if is_critic else {"num_labels": 1}  # an existing critic keeps its own num_labels (checked)
-    model = AutoModelForTokenClassification.from_pretrained(src, classifier_dropout=0.0, dtype=torch.float32,
-                                                            trust_remote_code=trust_remote_code, **head)
+    model = AutoModelForTokenClassification.from_pretrained(
+        src, classifier_dropout=0.0, dtype=torch.float32, trust_remote_code=trust_remote_code, **head
+    )
     if model.config.num_labels != 1:
-        raise ValueError(f"critic model {src}: num_labels must be 1 (one value per token), "
-                         f"got {model.config.num_labels}")
+        raise ValueError(
+            f"critic model {src}: num_labels must be 1 (one value per token), got {model.config.num_labels}"
+        )
     if not is_critic:  # a fresh head on a policy backbone: start from V = 0 everywhere
         torch.nn.init.zeros_(model.score.weight)
         if model.score.bias is not None:
@@ -70,24 +64,51 @@ def load_value_model(model_dir: str, critic_dir: str | None, trust_remote_code: 
 
 
 class CriticWorker:
-    def __init__(self, *, model_dir: str, critic_dir: str | None = None, backend: str = "gloo",
-                 zero_stage: int = 2, micro_batch_size: int = 16, lr: float = 1e-4, weight_decay: float = 0.0,
-                 warmup_steps: int = 0, total_steps: int = 1000, schedule: str = "constant",
-                 grad_clip: float = 1.0, value_clip: float | None = 0.2, loss_agg: str = "token",
-                 ppo_epochs: int = 1, mini_batches: int = 1, seed: int = 0, threads: int = 1,
-                 dtype: str = "float32", master_port: int | None = None, timeout_s: float = 600.0,
-                 deterministic: bool = False, trust_remote_code: bool = False, restore_dir: str | None = None,
-                 log_file: str | None = None):
+    def __init__(
+        self,
+        *,
+        model_dir: str,
+        critic_dir: str | None = None,
+        backend: str = "gloo",
+        zero_stage: int = 2,
+        micro_batch_size: int = 16,
+        lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        total_steps: int = 1000,
+        schedule: str = "constant",
+        grad_clip: float = 1.0,
+        value_clip: float | None = 0.2,
+        loss_agg: str = "token",
+        ppo_epochs: int = 1,
+        mini_batches: int = 1,
+        seed: int = 0,
+        threads: int = 1,
+        dtype: str = "float32",
+        master_port: int | None = None,
+        timeout_s: float = 600.0,
+        deterministic: bool = False,
+        trust_remote_code: bool = False,
+        restore_dir: str | None = None,
+        log_file: str | None = None,
+    ):
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         torch.manual_seed(seed)
-        if ppo_epochs < 1 or mini_batches < 1:
-            raise ValueError(f"critic ppo_epochs ({ppo_epochs}) and mini_batches ({mini_batches}) must be >= 1")
         init_distributed(0, 1, "127.0.0.1", master_port or free_port(), backend, timeout_s=timeout_s)
         model = load_value_model(model_dir, critic_dir, trust_remote_code)
-        self.engine = build_engine(model, lr=lr, weight_decay=weight_decay, warmup_steps=warmup_steps,
-                                   total_steps=total_steps, schedule=schedule, zero_stage=zero_stage,
-                                   micro_batch_size=micro_batch_size, grad_accum=1, grad_clip=grad_clip,
-                                   bf16=dtype == "bfloat16")
+        self.engine = build_engine(
+            model,
+            lr=lr,
+            weight_decay=weight_decay,
+            warmup_steps=warmup_steps,
+            total_steps=total_steps,
+            schedule=schedule,
+            zero_stage=zero_stage,
+            micro_batch_size=micro_batch_size,
+            grad_accum=1,
+            grad_clip=grad_clip,
+            bf16=dtype == "bfloat16",
+        )
         self.micro_batch_size, self.value_clip, self.loss_agg = micro_batch_size, value_clip, loss_agg
         self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
         if restore_dir and ray_restarted():
@@ -127,50 +148,49 @@ class CriticWorker:
         old_values (the values the advantages were computed with) bound the clipping; without them the
         current values are used, which is the same thing when nothing has changed since.
         """
-        B = check_rows(batch)
+        check_rows(batch)
         missing = [k for k in REQUIRED_KEYS if k not in batch]
         if missing:
             raise KeyError(f"critic batch is missing {missing} (has {sorted(batch)})")
         old = batch["old_values"].float() if "old_values" in batch else self.values(batch)
-        sums, updates = {k: 0.0 for k in METRICS}, []
-        for _ in range(self.ppo_epochs):
-            for rows in minibatch_rows(B, self.mini_batches):
-                stats, norm, lr = self._update(select(batch, rows), old[rows])
-                for k in METRICS:
-                    sums[k] += stats[k]
-                updates.append((norm, lr))
-        n = len(updates)
-        return {**{k: v / n for k, v in sums.items()}, "grad_norm": sum(g for g, _ in updates) / n,
-                "lr": updates[-1][1]}
+        return epochs_of_updates(
+            batch,
+            epochs=self.ppo_epochs,
+            mini_batches=self.mini_batches,
+            keys=METRICS,
+            update=lambda mini, rows: self._update(mini, old[rows]),
+        )
 
     def _update(self, mini: dict, old: torch.Tensor) -> tuple[dict, float, float]:
-        def mask_of(micro):
-            return micro["response_mask"].float() * micro["sample_valid"].float()[:, None]
-
         def units_fn(micro):
-            mask = mask_of(micro)
+            mask = valid_token_mask(micro)
             return torch.stack([agg_units(mask, micro["step_index"], self.loss_agg), mask.sum()])
 
         def loss_fn(micro, rows, weights):
             w_loss, w_tok = weights
-            loss, st = value_loss(self._values(micro), old[rows], micro["returns"].float(), mask_of(micro),
-                                  micro["step_index"], clip=self.value_clip, agg=self.loss_agg)
+            loss, st = value_loss(
+                self._values(micro),
+                old[rows],
+                micro["returns"].float(),
+                valid_token_mask(micro),
+                micro["step_index"],
+                clip=self.value_clip,
+                agg=self.loss_agg,
+            )
             metrics = {k: w_tok * st[k] for k in METRICS[1:]}
             return w_loss * loss, {"value_loss": w_loss * float(loss.detach()), **metrics}
 
-        return accumulated_step(self.engine, mini, micro_batch_size=self.micro_batch_size,
-                                unit_modes=(self.loss_agg, "token"), units_fn=units_fn, loss_fn=loss_fn)
+        return accumulated_step(
+            self.engine, mini, micro_batch_size=self.micro_batch_size, units_fn=units_fn, loss_fn=loss_fn
+        )
 
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:
         """DeepSpeed state (weights, optimizer, scheduler) of the critic."""
-        save_engine_checkpoint(self.engine, ckpt_dir, client_state or {})
-        save_rng(str(Path(ckpt_dir) / "rng.json"))
+        save_checkpoint(self.engine, ckpt_dir, client_state or {}, "rng.json")
         return str(ckpt_dir)
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
-        client_state = load_engine_checkpoint(self.engine, ckpt_dir, "critic")
-        load_rng(str(Path(ckpt_dir) / "rng.json"))
-        return client_state
+        return load_checkpoint(self.engine, ckpt_dir, "rng.json", "critic")
 
 
 def ray_restarted() -> bool:

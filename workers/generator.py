@@ -42,7 +42,7 @@ import torch
 from algo.seeding import derive_seed
 from algo.segment import byte_level_token_bytes, split_steps
 from algo.trajectory import PromptRequest, Trajectory
-from learner.engine import prepare_process
+from engine.process import prepare_process
 
 _EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 _FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's finish_reason -> Trajectory's
@@ -101,10 +101,22 @@ class GeneratorWorker:
     RNGs with it. Single-threaded use only (no Ray max_concurrency > 1): see the module docstring.
     """
 
-    def __init__(self, model_dir: str, *, seed: int = 0, dtype: str = "float32", max_model_len: int = 512,
-                 kv_cache_gb: float = 1.0, step_delimiter: str = "\n", enforce_eager: bool = True,
-                 gpu_memory_utilization: float = 0.5, threads: int = 1, replica: int = 0,
-                 trust_remote_code: bool = False, log_file: str | None = None):
+    def __init__(
+        self,
+        model_dir: str,
+        *,
+        seed: int = 0,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        kv_cache_gb: float = 1.0,
+        step_delimiter: str = "\n",
+        enforce_eager: bool = True,
+        gpu_memory_utilization: float = 0.5,
+        threads: int = 1,
+        replica: int = 0,
+        trust_remote_code: bool = False,
+        log_file: str | None = None,
+    ):
         if not Path(model_dir, "config.json").is_file():
             raise FileNotFoundError(f"model_dir={model_dir!r} has no config.json")
         if threads < 1:
@@ -124,29 +136,60 @@ class GeneratorWorker:
         _set_vllm_env(on_cpu)
         from vllm import LLM  # after the environment is set
 
-        memory = ({"kv_cache_memory_bytes": int(kv_cache_gb * 2**30)} if on_cpu
-                  else {"gpu_memory_utilization": gpu_memory_utilization})
+        memory = (
+            {"kv_cache_memory_bytes": int(kv_cache_gb * 2**30)}
+            if on_cpu
+            else {"gpu_memory_utilization": gpu_memory_utilization}
+        )
         start = time.perf_counter()
-        self._llm = LLM(model=model_dir, dtype=dtype, seed=seed + replica, max_model_len=max_model_len,
-                        enforce_eager=enforce_eager, logprobs_mode="raw_logprobs",
-                        worker_extension_cls=_EXTENSION, trust_remote_code=trust_remote_code, **memory)
+        self._llm = LLM(
+            model=model_dir,
+            dtype=dtype,  # type: ignore[arg-type]  # a dtype name; vLLM checks it, its hint is a Literal of names
+            seed=seed + replica,
+            max_model_len=max_model_len,
+            enforce_eager=enforce_eager,
+            logprobs_mode="raw_logprobs",
+            worker_extension_cls=_EXTENSION,
+            trust_remote_code=trust_remote_code,
+            **memory,
+        )
         self.engine_start_s = time.perf_counter() - start
         self._tokenizer = self._llm.get_tokenizer()  # the engine's own: prompt ids match vLLM's
         vocab = self._llm.llm_engine.model_config.get_vocab_size()
         self._token_bytes = token_bytes_table(self._tokenizer, vocab)
 
     # ----------------------------------------------------------------------------- sampling
-    def generate(self, requests: list[PromptRequest], *, n: int, temperature: float, top_p: float = 1.0,
-                 max_tokens: int, stop: list[str] | None = None, seed: int | None = None) -> list[Trajectory]:
+    def generate(
+        self,
+        requests: list[PromptRequest],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float = 1.0,
+        max_tokens: int,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> list[Trajectory]:
         """n trajectories per request (or its `samples`), ordered by request then sample index."""
         order = {(r.group_id, r.prompt_id): k for k, r in enumerate(requests)}
-        out = list(self.generate_stream(requests, n=n, temperature=temperature, top_p=top_p,
-                                        max_tokens=max_tokens, stop=stop, seed=seed))
+        out = list(
+            self.generate_stream(
+                requests, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop, seed=seed
+            )
+        )
         return sorted(out, key=lambda t: (order[(t.group_id, t.prompt_id)], t.info["sample"]))
 
-    def generate_stream(self, requests: list[PromptRequest], *, n: int, temperature: float,
-                        top_p: float = 1.0, max_tokens: int, stop: list[str] | None = None,
-                        seed: int | None = None) -> Iterator[Trajectory]:
+    def generate_stream(
+        self,
+        requests: list[PromptRequest],
+        *,
+        n: int,
+        temperature: float,
+        top_p: float = 1.0,
+        max_tokens: int,
+        stop: list[str] | None = None,
+        seed: int | None = None,
+    ) -> Iterator[Trajectory]:
         """Yield each trajectory as soon as its request finishes (a Ray streaming generator).
 
         Like any generator, nothing runs (not even argument checks) until the first next().
@@ -164,10 +207,16 @@ class GeneratorWorker:
         from vllm.inputs import tokens_input
         from vllm.sampling_params import RequestOutputKind
 
-        base = SamplingParams(n=1, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                              stop=list(stop) if stop else None, logprobs=0,
-                              include_stop_str_in_output=True,  # keeps text in line with the token ids
-                              output_kind=RequestOutputKind.FINAL_ONLY)  # no per-step partial outputs
+        base = SamplingParams(
+            n=1,
+            temperature=temperature,
+            top_p=top_p,
+            max_tokens=max_tokens,
+            stop=list(stop) if stop else None,
+            logprobs=0,
+            include_stop_str_in_output=True,  # keeps text in line with the token ids
+            output_kind=RequestOutputKind.FINAL_ONLY,
+        )  # no per-step partial outputs
         self._calls += 1
         version = self.version  # fixed for the call: weights cannot change until it returns
         engine = self._llm.llm_engine
@@ -175,20 +224,23 @@ class GeneratorWorker:
         try:
             for k, req in enumerate(requests):
                 prompt = tokens_input(self._tokenizer.encode(req.text), prompt=req.text)  # tokenized once
-                for i in (range(n) if req.samples is None else req.samples):
+                for i in range(n) if req.samples is None else req.samples:
                     params = base.clone()
                     params.seed = None if seed is None else derive_seed(seed, req.group_id, i)
                     rid = f"c{self._calls}-{k}-{i}"
                     try:
                         engine.add_request(rid, prompt, params)
                     except Exception as e:  # vLLM's message names neither the prompt nor the field
-                        raise ValueError(f"generator r{self.replica}: vLLM rejected prompt_id="
-                                         f"{req.prompt_id!r}: {e}") from e
+                        raise ValueError(
+                            f"generator r{self.replica}: vLLM rejected prompt_id={req.prompt_id!r}: {e}"
+                        ) from e
                     pending[rid] = (req, i)
             while pending:
                 if not engine.has_unfinished_requests():
-                    raise RuntimeError(f"generator r{self.replica}: engine idle with {len(pending)} "
-                                       f"requests unfinished: {sorted(pending)[:5]}")
+                    raise RuntimeError(
+                        f"generator r{self.replica}: engine idle with {len(pending)} "
+                        f"requests unfinished: {sorted(pending)[:5]}"
+                    )
                 for output in engine.step():
                     if output.finished:
                         req, i = pending.pop(output.request_id)
@@ -200,40 +252,55 @@ class GeneratorWorker:
     def _trajectory(self, output, req: PromptRequest, i: int, version: int) -> Trajectory:
         comp = output.outputs[0]
         if comp.finish_reason not in _FINISH_REASONS:
-            raise RuntimeError(f"prompt {req.prompt_id} sample {i}: vLLM finish_reason "
-                               f"{comp.finish_reason!r} (expected one of {sorted(_FINISH_REASONS)})")
+            raise RuntimeError(
+                f"prompt {req.prompt_id} sample {i}: vLLM finish_reason "
+                f"{comp.finish_reason!r} (expected one of {sorted(_FINISH_REASONS)})"
+            )
         response = [int(t) for t in comp.token_ids]
         if comp.logprobs is None or len(comp.logprobs) != len(response):
-            raise RuntimeError(f"prompt {req.prompt_id} sample {i}: {len(response)} tokens but "
-                               f"{None if comp.logprobs is None else len(comp.logprobs)} logprob entries")
+            raise RuntimeError(
+                f"prompt {req.prompt_id} sample {i}: {len(response)} tokens but "
+                f"{None if comp.logprobs is None else len(comp.logprobs)} logprob entries"
+            )
         logprobs = []
-        for t, (tok, entry) in enumerate(zip(response, comp.logprobs)):
+        for t, (tok, entry) in enumerate(zip(response, comp.logprobs, strict=True)):
             if tok not in entry:
-                raise RuntimeError(f"prompt {req.prompt_id} sample {i}: no logprob for the sampled "
-                                   f"token {tok} at position {t} (got ids {sorted(entry)})")
+                raise RuntimeError(
+                    f"prompt {req.prompt_id} sample {i}: no logprob for the sampled "
+                    f"token {tok} at position {t} (got ids {sorted(entry)})"
+                )
             logprobs.append(float(entry[tok].logprob))
         return Trajectory(
             uid=f"v{version}-r{self.replica}-g{req.group_id}-{req.prompt_id}-{i}",
-            prompt_id=req.prompt_id, group_id=req.group_id, policy_version=version,
-            prompt_ids=[int(t) for t in output.prompt_token_ids], response_ids=response,
-            logprobs=logprobs, finish_reason=_FINISH_REASONS[comp.finish_reason],
+            prompt_id=req.prompt_id,
+            group_id=req.group_id,
+            policy_version=version,
+            prompt_ids=[int(t) for t in output.prompt_token_ids],
+            response_ids=response,
+            behavior_logprobs=logprobs,
+            finish_reason=_FINISH_REASONS[comp.finish_reason],
             step_spans=split_steps(response, self._token_bytes, self.step_delimiter),
-            prompt_text=req.text, response_text=comp.text, reference=req.reference,
-            info={"replica": self.replica, "sample": i})
+            prompt_text=req.text,
+            response_text=comp.text,
+            answer=req.answer,
+            info={"replica": self.replica, "sample": i},
+        )
 
     # ----------------------------------------------------------------------------- weights
-    def load_weights(self, version: int, weights: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]
-                     ) -> dict:
+    def load_weights(self, version: int, weights: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict:
         """Swap in HF-named full weights (model.named_parameters() of the learner's HF model).
 
         Returns {"version", "load_s", "fingerprint"}; load_s covers the copy into the engine only.
         """
         if self._open_streams:
-            raise RuntimeError(f"generator r{self.replica}: load_weights(version={version}) while "
-                               f"{self._open_streams} generate_stream call(s) are unfinished")
+            raise RuntimeError(
+                f"generator r{self.replica}: load_weights(version={version}) while "
+                f"{self._open_streams} generate_stream call(s) are unfinished"
+            )
         if version < self.version:
-            raise ValueError(f"generator r{self.replica}: version {version} is older than the loaded "
-                             f"version {self.version}")
+            raise ValueError(
+                f"generator r{self.replica}: version {version} is older than the loaded version {self.version}"
+            )
         items = list(weights.items()) if isinstance(weights, dict) else list(weights)
         self._check_weights(items)
         start = time.perf_counter()
@@ -254,13 +321,17 @@ class GeneratorWorker:
         missing = sorted(set(self._expected_shapes) - set(names))
         extra = sorted(set(names) - set(self._expected_shapes))
         if missing or extra:
-            raise ValueError(f"load_weights: names differ from {self.model_dir}'s checkpoint: missing "
-                             f"{missing[:5]} ({len(missing)}), unexpected {extra[:5]} ({len(extra)}); send "
-                             f"model.named_parameters() of the HF model (tied tensors once)")
+            raise ValueError(
+                f"load_weights: names differ from {self.model_dir}'s checkpoint: missing "
+                f"{missing[:5]} ({len(missing)}), unexpected {extra[:5]} ({len(extra)}); send "
+                f"model.named_parameters() of the HF model (tied tensors once)"
+            )
         for name, tensor in items:
             if tuple(tensor.shape) != self._expected_shapes[name]:
-                raise ValueError(f"load_weights: {name} has shape {tuple(tensor.shape)}, the checkpoint "
-                                 f"has {self._expected_shapes[name]}")
+                raise ValueError(
+                    f"load_weights: {name} has shape {tuple(tensor.shape)}, the checkpoint "
+                    f"has {self._expected_shapes[name]}"
+                )
 
     def live_weights(self) -> list[tuple[str, torch.Tensor]]:
         """The engine's weights read back under HF names and shapes (diagnostics and tests)."""
@@ -277,8 +348,9 @@ class GeneratorWorker:
         return f"generator r{self.replica} v{self.version}"
 
 
-def _check_sampling(requests: Sequence[PromptRequest], n: int, temperature: float, top_p: float,
-                    max_tokens: int) -> None:
+def _check_sampling(
+    requests: Sequence[PromptRequest], n: int, temperature: float, top_p: float, max_tokens: int
+) -> None:
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
     if max_tokens < 1:

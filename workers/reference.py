@@ -11,24 +11,28 @@ from __future__ import annotations
 import torch
 
 from algo.batch import shift_logprobs
-from learner.batching import batch_size, check_rows, forward_logits, micro_slices, trajectory_row
-from learner.engine import prepare_process
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from engine.batching import batch_size, check_rows, forward_logits, micro_slices, trajectory_row
+from engine.process import prepare_process
 
 
 class ReferenceWorker:
-    def __init__(self, *, model_dir: str, micro_batch_size: int = 16, dtype: str = "float32", threads: int = 1,
-                 deterministic: bool = False, trust_remote_code: bool = False, log_file: str | None = None):
+    def __init__(
+        self,
+        *,
+        model_dir: str,
+        micro_batch_size: int = 16,
+        dtype: str = "float32",
+        threads: int = 1,
+        deterministic: bool = False,
+        trust_remote_code: bool = False,
+        log_file: str | None = None,
+    ):
         from transformers import AutoModelForCausalLM
 
-        if dtype not in DTYPES:
-            raise ValueError(f"reference dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        if micro_batch_size < 1:
-            raise ValueError(f"reference micro_batch_size must be >= 1, got {micro_batch_size}")
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
-        self.model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=DTYPES[dtype],
-                                                          trust_remote_code=trust_remote_code).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        ).eval()
         self.model.requires_grad_(False)
         self.micro_batch_size = micro_batch_size
 

@@ -2,8 +2,10 @@
 
 Step sources give a probability per step (oracle step verifier, learned PRM); outcome sources give the
 outcome reward (answer checker). Step rewards are the weighted mean of the step sources (so they stay
-probabilities for transforms such as log_prob), then the named transform of algo.transforms is applied.
-A source that fails is never turned into a number: the trajectory is returned with reward_valid=False and
+probabilities for transforms such as log_prob), then the named transform of algo.transforms is applied;
+the outcome reward is the weighted sum of the outcome sources. The sources are the entries of
+workers/sources.py, each built by the method `_<name>_source`.
+A source that fails is never turned into a number: the trajectory is returned with sample_valid=False and
 the error in info["reward_error"], and the driver masks and counts it.
 """
 
@@ -11,13 +13,18 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
 from algo.trajectory import Trajectory
 from algo.transforms import apply_reward_transform
-from learner.engine import prepare_process
+from engine.process import prepare_process
+from workers.sources import SOURCES
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 # A step source returns one probability per step span; an outcome source returns one number.
 StepSource = Callable[[Trajectory, list[str]], list[float]]
@@ -25,22 +32,44 @@ OutcomeSource = Callable[[Trajectory, list[str]], float]
 
 
 class RewardWorker:
-    def __init__(self, *, tokenizer_dir: str, sources: list[dict], meaning: str, transform: str,
-                 transform_params: dict, task_kind: str, modulus: int = 10, step_delimiter: str = "\n",
-                 threads: int = 1, trust_remote_code: bool = False, log_file: str | None = None):
+    def __init__(
+        self,
+        *,
+        tokenizer_dir: str,
+        sources: list[dict],
+        meaning: str,
+        transform: str,
+        transform_params: dict,
+        task_kind: str,
+        modulus: int = 10,
+        step_delimiter: str = "\n",
+        threads: int = 1,
+        trust_remote_code: bool = False,
+        log_file: str | None = None,
+    ):
         prepare_process(threads, log_file=log_file)
         from transformers import AutoTokenizer
+
         self.trust_remote_code = trust_remote_code
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
         self.meaning, self.transform, self.transform_params = meaning, transform, dict(transform_params)
         self.task_kind, self.modulus, self.delimiter = task_kind, modulus, step_delimiter
         self.step_sources: list[tuple[str, float, StepSource]] = []
         self.outcome_sources: list[tuple[str, float, OutcomeSource]] = []
-        builders = {"oracle": self._oracle_source, "prm": self._prm_source, "outcome": self._outcome_source}
         for src in sources:
-            kind, fn = builders[src["name"]](src.get("path"))
-            target = self.step_sources if kind == "step" else self.outcome_sources
-            target.append((src["name"], float(src.get("weight", 1.0)), fn))
+            name, spec = src["name"], SOURCES[src["name"]]
+            if spec.task_kinds is not None and task_kind not in spec.task_kinds:
+                raise ValueError(f"reward source {name!r} needs task.kind in {spec.task_kinds}, got {task_kind!r}")
+            fn = getattr(self, f"_{name}_source")(src.get("path"))  # the builder of each SOURCES entry
+            target = self.step_sources if spec.gives == "step" else self.outcome_sources
+            weight = float(src.get("weight", 1.0))
+            if not weight >= 0:
+                raise ValueError(f"reward source {name!r}: weight {weight} must be >= 0")
+            target.append((name, weight, fn))
+        if self.step_sources and sum(w for _, w, _ in self.step_sources) <= 0:
+            raise ValueError("the step sources' weights sum to 0: their weighted mean is undefined")
+        # A bad transform name or parameter is a set-up error, not a reason to mask every sample later.
+        apply_reward_transform(transform, torch.full((1, 1), 0.5), torch.ones(1, 1), **self.transform_params)
 
     # ------------------------------------------------------------------------------------------ api --
     def score(self, traj: Trajectory) -> Trajectory:
@@ -48,13 +77,12 @@ class RewardWorker:
         try:
             # Decoding is inside the try: ids the tokenizer cannot decode mask the sample. Pieces of a
             # multi-byte character decode to U+FFFD, which the sources see as ordinary (wrong) text.
-            step_texts = [self.tokenizer.decode(traj.response_ids[s:e], skip_special_tokens=True)
-                          for s, e in traj.step_spans]
+            step_texts = [_decode(self.tokenizer, traj.response_ids[s:e]) for s, e in traj.step_spans]
             traj.info.update(self._oracle_labels(traj, step_texts))
             traj.step_rewards = self._combine_steps(traj, step_texts)
             traj.outcome_reward = self._combine_outcomes(traj, step_texts)
         except Exception as e:  # noqa: BLE001 - any source failure masks the sample, it never becomes a number
-            traj.reward_valid = False
+            traj.sample_valid = False
             traj.step_rewards = [0.0] * traj.num_steps
             traj.outcome_reward = 0.0
             traj.info["reward_error"] = f"{type(e).__name__}: {e}"
@@ -95,41 +123,42 @@ class RewardWorker:
         if self.task_kind != "arithmetic":
             return {}
         from tasks.arithmetic import problem_from_prompt
-        from tasks.oracle import label_response
+        from tasks.oracle import STEP_MEANINGS, label_response
+
         labels = label_response(problem_from_prompt(traj.prompt_text, self.modulus), "".join(step_texts))
         lines = span_lines(step_texts, self.delimiter)
-        return {"step_correct": [bool(labels.step_correct[i]) if i < labels.num_steps else False for i in lines],
-                "prefix_correct": [bool(labels.prefix_correct[i]) if i < labels.num_steps else False
-                                   for i in lines],
-                "outcome_correct": bool(labels.outcome), "format_ok": bool(labels.format_ok)}
+        per_step = {
+            m: [bool(getattr(labels, m)[i]) if i < labels.num_steps else False for i in lines] for m in STEP_MEANINGS
+        }
+        return {**per_step, "outcome_correct": bool(labels.outcome), "format_ok": bool(labels.format_ok)}
 
-    def _oracle_source(self, path):
-        if self.task_kind != "arithmetic":
-            raise ValueError("reward source 'oracle' needs task.kind=arithmetic (it checks each operation)")
-
+    def _oracle_source(self, path) -> StepSource:
         def oracle(traj, step_texts):
             return [float(x) for x in traj.info[self.meaning]]
-        return "step", oracle
 
-    def _outcome_source(self, path):
+        return oracle
+
+    def _outcome_source(self, path) -> OutcomeSource:
         if self.task_kind == "arithmetic":
-            return "outcome", lambda traj, step_texts: float(traj.info["outcome_correct"])
+            return lambda traj, step_texts: float(traj.info["outcome_correct"])
         from tasks.datasets import check_answer
-        return "outcome", lambda traj, step_texts: float(check_answer(traj.response_text, traj.reference))
 
-    def _prm_source(self, path):
+        return lambda traj, step_texts: float(check_answer(traj.response_text, traj.answer))
+
+    def _prm_source(self, path) -> StepSource:
         from transformers import AutoModelForTokenClassification, AutoTokenizer
 
         from tasks.models import prm_step_scores
-        model = AutoModelForTokenClassification.from_pretrained(
-            path, trust_remote_code=self.trust_remote_code).eval()
+
+        model = AutoModelForTokenClassification.from_pretrained(path, trust_remote_code=self.trust_remote_code).eval()
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
 
         def prm(traj, step_texts):
             steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
             with torch.no_grad():
                 return list(prm_step_scores(model, tok, traj.prompt_text, steps, self.delimiter))
-        return "step", prm
+
+        return prm
 
 
 def checked_probabilities(name: str, scores, k: int) -> list[float]:
@@ -157,6 +186,14 @@ def _number(x) -> float:
         return float(x)
     except (TypeError, ValueError, OverflowError):
         return math.nan
+
+
+def _decode(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """The text of one id list (transformers types decode as str | list[str]: a list only for a batch)."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    if not isinstance(text, str):
+        raise TypeError(f"tokenizer.decode of one id list returned {type(text).__name__}, not str")
+    return text
 
 
 def span_lines(step_texts: list[str], delimiter: str) -> list[int]:

@@ -47,8 +47,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+# A vLLM layer: a torch Module with attributes vLLM sets on it (cpu_linear, input_size, output_size,
+# params_dtype, output_sizes), which torch's Module type cannot know of, hence Any.
+_VllmLayer = Any
 
 _PROBE_ROWS = 1024  # identity rows per kernel call: bounds the probe's memory for wide layers
 
@@ -80,8 +85,9 @@ def install_reload_log_filter() -> None:
         logger.addFilter(_WeightlessModuleReloadFilter())
 
 
-def _with_tied_aliases(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]
-                       ) -> list[tuple[str, torch.Tensor]]:
+def _with_tied_aliases(
+    model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]
+) -> list[tuple[str, torch.Tensor]]:
     """weights plus (alias, tensor) for each parameter name that shares its Parameter with a sent name.
 
     A tied lm_head is the case: the HF weights hold the shared tensor once (model.embed_tokens.weight),
@@ -91,7 +97,7 @@ def _with_tied_aliases(model: torch.nn.Module, weights: list[tuple[str, torch.Te
     names_of: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names_of.setdefault(id(param), []).append(name)
-    extra = []
+    extra: list[tuple[str, torch.Tensor]] = []
     for names in names_of.values():
         owners = [n for n in names if n in sent]
         if len(names) > 1 and owners:
@@ -99,13 +105,12 @@ def _with_tied_aliases(model: torch.nn.Module, weights: list[tuple[str, torch.Te
     return list(weights) + extra
 
 
-def _probe_packed_weight(module: torch.nn.Module, in_features: int, out_features: int,
-                         dtype: torch.dtype) -> torch.Tensor:
+def _probe_packed_weight(module: _VllmLayer, in_features: int, out_features: int, dtype: torch.dtype) -> torch.Tensor:
     """Recover W [out, in] from a CPU-packed linear kernel by multiplying it with the identity.
 
     Costs one [in, in] x [in, out] matmul: trivial for the tiny CPU models, seconds for a 0.5B one.
     """
-    cols = []
+    cols: list[torch.Tensor] = []
     for start in range(0, in_features, _PROBE_ROWS):
         stop = min(start + _PROBE_ROWS, in_features)
         eye = torch.zeros(stop - start, in_features, dtype=dtype)
@@ -113,12 +118,14 @@ def _probe_packed_weight(module: torch.nn.Module, in_features: int, out_features
         cols.append(module.cpu_linear(eye, module.weight, None))  # [rows, out] = W[:, rows].T
     weight = torch.cat(cols, dim=0).t().contiguous()
     if weight.shape != (out_features, in_features):
-        raise RuntimeError(f"weight read-back of {type(module).__name__} gave shape {tuple(weight.shape)}, "
-                           f"expected {(out_features, in_features)}")
+        raise RuntimeError(
+            f"weight read-back of {type(module).__name__} gave shape {tuple(weight.shape)}, "
+            f"expected {(out_features, in_features)}"
+        )
     return weight
 
 
-def _live_tensor(module: torch.nn.Module, param_name: str, param: torch.Tensor) -> torch.Tensor:
+def _live_tensor(module: _VllmLayer, param_name: str, param: torch.Tensor) -> torch.Tensor:
     """The tensor the engine really computes with for module.<param_name>."""
     if param_name == "weight" and param.numel() == 0 and hasattr(module, "cpu_linear"):
         return _probe_packed_weight(module, module.input_size, module.output_size, module.params_dtype)
@@ -137,18 +144,21 @@ def _kept_weight_modules(model: torch.nn.Module) -> Iterator[tuple[str, torch.nn
             yield name, module
 
 
-def _check_packed_copy(name: str, module: torch.nn.Module) -> None:
+def _check_packed_copy(name: str, module: _VllmLayer) -> None:
     """Raise if the kernel copy a module computes with differs from its weight parameter."""
     out_features, in_features = module.weight.shape
     live = _probe_packed_weight(module, in_features, out_features, module.weight.dtype)
     if not torch.equal(live, module.weight.detach()):
         err = (live - module.weight.detach()).abs().max().item()
-        raise RuntimeError(f"{name}: the packed CPU kernel copy differs from {name}.weight (max abs "
-                           f"difference {err:.3g}); the module was not repacked after a weight reload")
+        raise RuntimeError(
+            f"{name}: the packed CPU kernel copy differs from {name}.weight (max abs "
+            f"difference {err:.3g}); the module was not repacked after a weight reload"
+        )
 
 
-def _unfuse(name: str, tensor: torch.Tensor, module: torch.nn.Module,
-            packed: dict[str, list[str]]) -> Iterator[tuple[str, torch.Tensor]]:
+def _unfuse(
+    name: str, tensor: torch.Tensor, module: _VllmLayer, packed: dict[str, list[str]]
+) -> Iterator[tuple[str, torch.Tensor]]:
     """Split qkv_proj / gate_up_proj (weight or bias) back into the HF tensors they were fused from."""
     module_path, _, param_name = name.rpartition(".")
     parent, _, leaf = module_path.rpartition(".")
@@ -158,14 +168,16 @@ def _unfuse(name: str, tensor: torch.Tensor, module: torch.nn.Module,
         return
     sizes = list(module.output_sizes)
     if len(sizes) != len(parts) or sum(sizes) != tensor.shape[0]:
-        raise RuntimeError(f"cannot split {name} of shape {tuple(tensor.shape)} into {parts} "
-                           f"with output_sizes {sizes}")
-    for part, piece in zip(parts, torch.split(tensor, sizes, dim=0)):
+        raise RuntimeError(f"cannot split {name} of shape {tuple(tensor.shape)} into {parts} with output_sizes {sizes}")
+    for part, piece in zip(parts, torch.split(tensor, sizes, dim=0), strict=True):
         yield f"{parent}.{part}.{param_name}", piece
 
 
 class WeightSyncExtension:
     """Mixed into vLLM's worker; ``self`` is the worker, ``self.model_runner`` holds the model."""
+
+    if TYPE_CHECKING:  # declared for mypy only: at run time the vLLM worker this class is mixed into has it
+        model_runner: Any
 
     def steprl_reload_weights(self, weights: list[tuple[str, torch.Tensor]]) -> None:
         """Copy HF-named full weights into the running model (fusing, padding and repacking included)."""
@@ -180,7 +192,7 @@ class WeightSyncExtension:
             _check_packed_copy(name, module)
         packed = getattr(model, "packed_modules_mapping", {}) or {}
         modules = dict(model.named_modules())
-        out = []
+        out: list[tuple[str, torch.Tensor]] = []
         for name, param in model.named_parameters():  # deduplicates a tied lm_head / embedding
             module_path, _, param_name = name.rpartition(".")
             module = modules[module_path]

@@ -7,7 +7,17 @@ import statistics
 import pytest
 import torch
 
-from algo.advantages import ESTIMATORS, AdvantageInputs, compute_advantages
+from algo import registry
+from algo.advantages import AdvantageInputs, compute_advantages
+from orchestrator.config import AlgoConfig
+
+# The estimators' keyword parameters have no defaults (the config schema holds them): the invariance tests
+# run every estimator with the config defaults; the worked examples spell out every parameter.
+CONFIG_DEFAULTS = vars(AlgoConfig())
+
+
+def config_params(name):
+    return {k: CONFIG_DEFAULTS[k] for k in registry.ESTIMATORS[name].params}
 
 
 def build(step_lens, step_rewards, outcome, group_ids, values=None, token_rewards=None, prompt=0, pad=0):
@@ -31,21 +41,27 @@ def build(step_lens, step_rewards, outcome, group_ids, values=None, token_reward
         if token_rewards is not None:
             trew[b, prompt : prompt + n[b]] = torch.tensor(token_rewards[b], dtype=torch.float32)
     return AdvantageInputs(
-        mask=mask, step_index=sidx, step_rewards=srew, step_mask=smask,
-        outcome=torch.tensor(outcome, dtype=torch.float32), group_ids=torch.tensor(group_ids),
-        values=vals if values is not None else None, token_rewards=trew if token_rewards is not None else None,
+        mask=mask,
+        step_index=sidx,
+        step_rewards=srew,
+        step_mask=smask,
+        outcome=torch.tensor(outcome, dtype=torch.float32),
+        group_ids=torch.tensor(group_ids),
+        values=vals if values is not None else None,
+        token_rewards=trew if token_rewards is not None else None,
     )
 
 
 def real(x, mask):
     """Per-row lists of the values at real tokens."""
-    return [[round(float(v), 5) for v, m in zip(row, mrow) if m > 0] for row, mrow in zip(x, mask)]
+    rows = zip(x, mask, strict=True)
+    return [[round(float(v), 5) for v, m in zip(row, mrow, strict=True) if m > 0] for row, mrow in rows]
 
 
 def assert_rows(x, mask, expected, tol=1e-4):
     got = real(x, mask)
     assert len(got) == len(expected)
-    for g, e in zip(got, expected):
+    for g, e in zip(got, expected, strict=True):
         assert g == pytest.approx(e, abs=tol), (got, expected)
 
 
@@ -60,7 +76,7 @@ GID = [0, 0, 1]
 
 def test_grpo_outcome_worked():
     inp = build(STEPS, SREW, OUT, GID, prompt=2, pad=1)
-    adv, ret = compute_advantages("grpo_outcome", inp, eps=0.0)
+    adv, ret = compute_advantages("grpo_outcome", inp, std_normalize=True, eps=0.0)
     # group 0: outcomes 1, 0: mean .5, unbiased std sqrt(.25 + .25) = .707107 -> +-.707107
     # group 1: C alone: 1 - 1 = 0
     assert ret is None
@@ -71,7 +87,7 @@ def test_grpo_outcome_worked():
 
 def test_grpo_outcome_adds_token_reward_return():
     inp = build(STEPS, SREW, OUT, GID, token_rewards=[[-0.1, -0.2, 0.0], [0.0, 0.0, -0.3], [0.0, 0.0]])
-    adv, _ = compute_advantages("grpo_outcome", inp, eps=0.0)
+    adv, _ = compute_advantages("grpo_outcome", inp, std_normalize=True, eps=0.0)
     # A: .707107 + return-to-go of (-.1, -.2, 0) = (-.3, -.2, 0); B: -.707107 + (-.3, -.3, -.3)
     assert_rows(adv, inp.mask, [[0.407107, 0.507107, 0.707107], [-1.007107, -1.007107, -1.007107], [0.0, 0.0]])
 
@@ -82,7 +98,7 @@ def test_grpo_outcome_adds_token_reward_return():
 # C alone: 0.
 def test_grpo_process_worked():
     inp = build(STEPS, SREW, OUT, GID, prompt=1)
-    adv, ret = compute_advantages("grpo_process", inp, eps=0.0)
+    adv, ret = compute_advantages("grpo_process", inp, std_normalize=True, outcome_weight=0.0, eps=0.0)
     # A: step 0 sums steps 0,1: .670820 - 1.565248 = -.894427 (2 tokens); step 1: -1.565248
     # B: step 0: .670820 + .670820 - .447214 = .894427; step 1: .670820 - .447214 = .223607; step 2: -.447214
     assert ret is None
@@ -91,7 +107,7 @@ def test_grpo_process_worked():
 
 def test_grpo_process_outcome_weight():
     inp = build(STEPS, SREW, OUT, GID)
-    adv, _ = compute_advantages("grpo_process", inp, eps=0.0, outcome_weight=1.0)
+    adv, _ = compute_advantages("grpo_process", inp, std_normalize=True, outcome_weight=1.0, eps=0.0)
     # outcome added to the last step: A (1, 0+1), B (1, 1, .5+0): all: 1 1 1 1 .5, mean .9,
     # deviations .1 .1 .1 .1 -.4, squares sum .2, var .05, std .223607: .447214 and -1.788854
     # A: (.447214 + .447214, .447214) ; B: (.447214*2 - 1.788854, .447214 - 1.788854, -1.788854)
@@ -100,10 +116,10 @@ def test_grpo_process_outcome_weight():
 
 def test_grpo_step_worked():
     inp = build(STEPS, SREW, OUT, GID, pad=2)
-    adv, _ = compute_advantages("grpo_step", inp, eps=0.0)
+    adv, _ = compute_advantages("grpo_step", inp, std_normalize=True, outcome_weight=0.0, eps=0.0)
     # each token reads its own step's normalised reward (numbers above)
     assert_rows(adv, inp.mask, [[0.670820, 0.670820, -1.565248], [0.670820, 0.670820, -0.447214], [0.0, 0.0]])
-    adv, _ = compute_advantages("grpo_step", inp, std_normalize=False)
+    adv, _ = compute_advantages("grpo_step", inp, std_normalize=False, outcome_weight=0.0)
     # Dr. GRPO: deviations only
     assert_rows(adv, inp.mask, [[0.3, 0.3, -0.7], [0.3, 0.3, -0.2], [0.0, 0.0]])
 
@@ -111,7 +127,7 @@ def test_grpo_step_worked():
 def test_grpo_process_all_equal_steps_give_zero():
     inp = build([[1, 2], [3], [1, 1, 1]], [[0.7, 0.7], [0.7], [0.7, 0.7, 0.7]], [1.0, 0.0, 1.0], [5, 5, 5])
     for name in ("grpo_process", "grpo_step"):
-        adv, _ = compute_advantages(name, inp)
+        adv, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0)
         assert adv.abs().max().item() == 0.0
 
 
@@ -124,13 +140,13 @@ def test_gae_worked():
     inp = gae_sample(prompt=2, pad=2)
     # token rewards: t0 0, t1 .5 (end of step 0), t2 .2 + 1 (end of step 1 + outcome)
     # gamma = lam = 1: returns 1.7 1.7 1.2; advantages = returns - values = 1.6 1.5 .9
-    adv, ret = compute_advantages("gae", inp, gamma=1.0, lam=1.0)
+    adv, ret = compute_advantages("gae", inp, gamma=1.0, lam=1.0, outcome_weight=1.0)
     assert_rows(adv, inp.mask, [[1.6, 1.5, 0.9]])
     assert_rows(ret, inp.mask, [[1.7, 1.7, 1.2]])
     # gamma .9, lam .8:  d2 = 1.2 - .3 = .9, A2 = .9
     # d1 = .5 + .9*.3 - .2 = .57, A1 = .57 + .72*.9 = 1.218
     # d0 = 0 + .9*.2 - .1 = .08, A0 = .08 + .72*1.218 = .95696 ; returns A + V
-    adv, ret = compute_advantages("gae", inp, gamma=0.9, lam=0.8)
+    adv, ret = compute_advantages("gae", inp, gamma=0.9, lam=0.8, outcome_weight=1.0)
     assert_rows(adv, inp.mask, [[0.95696, 1.218, 0.9]])
     assert_rows(ret, inp.mask, [[1.05696, 1.418, 1.2]])
 
@@ -140,7 +156,7 @@ def test_step_ppo_worked():
     # episodes: step 0 = (t0, t1) with reward .5 on t1; step 1 = (t2) with reward .2 (outcome ignored)
     # t1: .5 - .2 = .3 ; t0: 0 + .2 - .1 + .3 = .4 ; t2: .2 - .3 = -.1
     # returns = A + V = .5 .5 .2: each step's value target is its own reward
-    adv, ret = compute_advantages("step_ppo", inp, gamma=1.0, lam=1.0)
+    adv, ret = compute_advantages("step_ppo", inp, gamma=1.0, lam=1.0, outcome_weight=0.0)
     assert_rows(adv, inp.mask, [[0.4, 0.3, -0.1]])
     assert_rows(ret, inp.mask, [[0.5, 0.5, 0.2]])
     # outcome_weight=1 puts the outcome into the last step's episode: t2: 1.2 - .3 = .9
@@ -150,7 +166,7 @@ def test_step_ppo_worked():
 
 def test_pav_worked():
     inp = build([[1, 1], [1, 1, 1]], [[0.4, 0.8], [0.6, 0.3, 0.1]], [1.0, 0.0], [0, 0])
-    adv, ret = compute_advantages("pav", inp, alpha=0.5)
+    adv, ret = compute_advantages("pav", inp, pav_alpha=0.5)
     # v_-1 = mean of first-step values (.4 + .6) / 2 = .5
     # prover advantages: A (.4-.5, .8-.4) = (-.1, .4); B (.6-.5, .3-.6, .1-.3) = (.1, -.3, -.2)
     # outcome advantages: 1 - .5 = .5, 0 - .5 = -.5
@@ -168,27 +184,32 @@ def test_rloo_worked():
 
 def test_reinforce_pp_worked():
     inp = build([[2], [1]], [[0.0], [0.0]], [1.0, 0.0], [0, 1])
-    adv, _ = compute_advantages("reinforce_pp", inp, eps=0.0)
+    adv, _ = compute_advantages("reinforce_pp", inp, gamma=1.0, std_normalize=True, eps=0.0)
     # returns 1 1 | 0; batch mean 2/3, unbiased var (1/9 + 1/9 + 4/9)/2 = 1/3, std .577350
     # (1 - 2/3)/.577350 = .577350 ; (0 - 2/3)/.577350 = -1.154701
     assert_rows(adv, inp.mask, [[0.577350, 0.577350], [-1.154701]])
     inp = build([[2], [1]], [[0.0], [0.0]], [1.0, 0.0], [0, 1], token_rewards=[[-0.1, -0.1], [-0.1]])
-    adv, _ = compute_advantages("reinforce_pp", inp, eps=0.0)
+    adv, _ = compute_advantages("reinforce_pp", inp, gamma=1.0, std_normalize=True, eps=0.0)
     # returns: A (-.1 + -.1 + 1, -.1 + 1) = (.8, .9); B (-.1). mean 1.6/3 = .533333
     # deviations .266667 .366667 -.633333; squares .071111 .134444 .401111 = .606667; var .303333
     # std .550757 -> .484183 .665754 -1.149937
     assert_rows(adv, inp.mask, [[0.484183, 0.665754], [-1.149937]])
 
 
-def test_sample_mask_excludes_invalid_samples():
+def test_sample_valid_excludes_invalid_samples():
     inp = build([[1], [1], [2]], [[0.0], [0.0], [0.0]], [1.0, 0.0, float("nan")], [0, 0, 0])
-    inp.sample_mask = torch.tensor([1.0, 1.0, 0.0])
-    for name in ("grpo_outcome", "rloo", "pav", "reinforce_pp", "grpo_process"):
-        params = {} if name in ("rloo", "pav") else {"eps": 0.0}  # those two take no eps
+    inp.sample_valid = torch.tensor([1.0, 1.0, 0.0])
+    for name, params in (
+        ("grpo_outcome", dict(std_normalize=True, eps=0.0)),
+        ("rloo", {}),
+        ("pav", dict(pav_alpha=1.0)),  # rloo and pav take no eps
+        ("reinforce_pp", dict(gamma=1.0, std_normalize=True, eps=0.0)),
+        ("grpo_process", dict(std_normalize=True, outcome_weight=0.0, eps=0.0)),
+    ):
         adv, _ = compute_advantages(name, inp, **params)
         assert torch.isfinite(adv).all(), name
         assert adv[2].abs().sum().item() == 0.0, name
-    adv, _ = compute_advantages("grpo_outcome", inp, eps=0.0)
+    adv, _ = compute_advantages("grpo_outcome", inp, std_normalize=True, eps=0.0)
     # the NaN sample takes no part: group (1, 0) -> +-.707107
     assert_rows(adv[:2], inp.mask[:2], [[0.707107], [-0.707107]])
 
@@ -202,7 +223,10 @@ def random_inputs(seed, B=6, group=3):
     srew = [[round(rng.random(), 3) for _ in s] for s in steps]
     n = [sum(s) for s in steps]
     return build(
-        steps, srew, [float(rng.random() < 0.5) for _ in range(B)], [b // group for b in range(B)],
+        steps,
+        srew,
+        [float(rng.random() < 0.5) for _ in range(B)],
+        [b // group for b in range(B)],
         values=[[rng.uniform(-1, 1) for _ in range(k)] for k in n],
         token_rewards=[[rng.uniform(-0.1, 0.0) for _ in range(k)] for k in n],
     )
@@ -219,24 +243,30 @@ def embed(inp, seed):
     for b in range(B):
         src = [t for t in range(T) if inp.mask[b, t] > 0]
         dst = sorted(rng.sample(range(T2), len(src)))
-        for s, d in zip(src, dst):
+        for s, d in zip(src, dst, strict=True):
             new["mask"][b, d] = 1.0
             sidx[b, d] = inp.step_index[b, s]
             new["values"][b, d] = inp.values[b, s]
             new["token_rewards"][b, d] = inp.token_rewards[b, s]
     return AdvantageInputs(
-        mask=new["mask"], step_index=sidx, step_rewards=inp.step_rewards, step_mask=inp.step_mask,
-        outcome=inp.outcome, group_ids=inp.group_ids, values=new["values"], token_rewards=new["token_rewards"],
+        mask=new["mask"],
+        step_index=sidx,
+        step_rewards=inp.step_rewards,
+        step_mask=inp.step_mask,
+        outcome=inp.outcome,
+        group_ids=inp.group_ids,
+        values=new["values"],
+        token_rewards=new["token_rewards"],
     )
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(registry.ESTIMATORS))
 def test_masked_tokens_change_nothing(name):
     for seed in range(3):
         inp = random_inputs(seed)
-        adv, ret = compute_advantages(name, inp)
+        adv, ret = compute_advantages(name, inp, **config_params(name))
         wide = embed(inp, seed)
-        adv2, ret2 = compute_advantages(name, wide)
+        adv2, ret2 = compute_advantages(name, wide, **config_params(name))
         assert torch.isfinite(adv2).all()
         assert (adv2[wide.mask == 0] == 0).all()
         assert_rows(adv2, wide.mask, real(adv, inp.mask), tol=1e-5)
@@ -244,14 +274,14 @@ def test_masked_tokens_change_nothing(name):
             assert_rows(ret2, wide.mask, real(ret, inp.mask), tol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.parametrize("name", sorted(registry.ESTIMATORS))
 def test_permuting_samples_permutes_results(name):
     inp = random_inputs(7)
     perm = torch.tensor([4, 2, 0, 5, 1, 3])
     fields = ("mask", "step_index", "step_rewards", "step_mask", "outcome", "group_ids", "values", "token_rewards")
     shuffled = AdvantageInputs(**{f: getattr(inp, f)[perm] for f in fields})
-    adv, ret = compute_advantages(name, inp)
-    adv_p, ret_p = compute_advantages(name, shuffled)
+    adv, ret = compute_advantages(name, inp, **config_params(name))
+    adv_p, ret_p = compute_advantages(name, shuffled, **config_params(name))
     torch.testing.assert_close(adv_p, adv[perm])
     if ret is not None:
         torch.testing.assert_close(ret_p, ret[perm])
@@ -317,7 +347,7 @@ def test_vectorised_equals_loop_reference(seed):
         got, _ = compute_advantages(name, inp, gamma=0.95, lam=0.9, outcome_weight=ow)
         torch.testing.assert_close(got, ref_gae(inp, 0.95, 0.9, ow, per_step), atol=1e-5, rtol=0)
     for name, cumulative in (("grpo_process", True), ("grpo_step", False)):
-        got, _ = compute_advantages(name, inp, eps=1e-6)
+        got, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0, eps=1e-6)
         torch.testing.assert_close(got, ref_grpo_steps(inp, 1e-6, cumulative), atol=1e-5, rtol=0)
 
 
@@ -332,14 +362,29 @@ def test_step_isolated_estimators_do_not_move_reward_across_steps():
     # A has three steps; changing its step 2 reward must leave its steps 0 and 1 alone.
     # For the group-normalised estimators the change is a swap with B's step 0 reward, so the
     # group's multiset of step rewards (hence mean and std) is unchanged: only locality is tested.
-    base = build([[2, 1, 2], [1, 2]], [[0.9, 0.4, 0.1], [0.6, 0.3]], [1.0, 0.0], [0, 0],
-                 values=[[0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3]])
-    swapped = build([[2, 1, 2], [1, 2]], [[0.9, 0.4, 0.6], [0.1, 0.3]], [1.0, 0.0], [0, 0],
-                    values=[[0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3]])
+    base = build(
+        [[2, 1, 2], [1, 2]],
+        [[0.9, 0.4, 0.1], [0.6, 0.3]],
+        [1.0, 0.0],
+        [0, 0],
+        values=[[0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3]],
+    )
+    swapped = build(
+        [[2, 1, 2], [1, 2]],
+        [[0.9, 0.4, 0.6], [0.1, 0.3]],
+        [1.0, 0.0],
+        [0, 0],
+        values=[[0.1, 0.2, 0.3, 0.4, 0.5], [0.1, 0.2, 0.3]],
+    )
     early = _step_tokens(base, 0, 0) | _step_tokens(base, 0, 1)
-    for name, moves in (("grpo_step", False), ("step_ppo", False), ("grpo_process", True), ("gae", True)):
-        a1, _ = compute_advantages(name, base)
-        a2, _ = compute_advantages(name, swapped)
+    for name, moves, params in (
+        ("grpo_step", False, dict(std_normalize=True, outcome_weight=0.0)),
+        ("step_ppo", False, dict(gamma=1.0, lam=0.95, outcome_weight=0.0)),
+        ("grpo_process", True, dict(std_normalize=True, outcome_weight=0.0)),
+        ("gae", True, dict(gamma=1.0, lam=0.95, outcome_weight=1.0)),
+    ):
+        a1, _ = compute_advantages(name, base, **params)
+        a2, _ = compute_advantages(name, swapped, **params)
         same = torch.allclose(a1[0][early], a2[0][early], atol=1e-6)
         assert same != moves, name
         assert not torch.allclose(a1[0][_step_tokens(base, 0, 2)], a2[0][_step_tokens(base, 0, 2)])
@@ -350,21 +395,20 @@ def test_step_isolated_estimators_do_not_move_reward_across_steps():
 
 def test_errors_name_the_field():
     inp = random_inputs(0)
-    with pytest.raises(ValueError, match="valid names: .*grpo_process"):
+    with pytest.raises(ValueError, match="unknown advantage estimator 'ppo2'; valid: .*grpo_process"):
         compute_advantages("ppo2", inp)
     no_values = AdvantageInputs(inp.mask, inp.step_index, inp.step_rewards, inp.step_mask, inp.outcome, inp.group_ids)
     with pytest.raises(ValueError, match="values"):
-        compute_advantages("gae", no_values)
+        compute_advantages("gae", no_values, gamma=1.0, lam=0.95, outcome_weight=1.0)
     bad = AdvantageInputs(inp.mask, inp.step_index, inp.step_rewards, inp.step_mask, inp.outcome[:2], inp.group_ids)
     with pytest.raises(ValueError, match="outcome"):
         compute_advantages("rloo", bad)
-    bad = AdvantageInputs(inp.mask, inp.step_index, inp.step_rewards, inp.step_mask, inp.outcome,
-                          inp.group_ids.float())
+    bad = AdvantageInputs(inp.mask, inp.step_index, inp.step_rewards, inp.step_mask, inp.outcome, inp.group_ids.float())
     with pytest.raises(ValueError, match="group_ids"):
         compute_advantages("rloo", bad)
     sm = inp.step_mask.clone()
     sm[:, 0] = 0.0
     bad = AdvantageInputs(inp.mask, inp.step_index, inp.step_rewards, sm, inp.outcome, inp.group_ids)
     with pytest.raises(ValueError, match="step_mask"):
-        compute_advantages("grpo_step", bad)
-    assert math.isfinite(compute_advantages("grpo_step", inp)[0].sum().item())
+        compute_advantages("grpo_step", bad, std_normalize=True, outcome_weight=0.0)
+    assert math.isfinite(compute_advantages("grpo_step", inp, std_normalize=True, outcome_weight=0.0)[0].sum().item())

@@ -10,16 +10,23 @@ PAD = 0
 
 
 def traj(uid, prompt, response, spans, **kw):
-    return Trajectory(uid=uid, prompt_id="p", group_id=kw.pop("group_id", 3), policy_version=1,
-                      prompt_ids=prompt, response_ids=response,
-                      logprobs=kw.pop("logprobs", [-0.1 * (i + 1) for i in range(len(response))]),
-                      finish_reason="stop", step_spans=spans, **kw)
+    return Trajectory(
+        uid=uid,
+        prompt_id="p",
+        group_id=kw.pop("group_id", 3),
+        policy_version=1,
+        prompt_ids=prompt,
+        response_ids=response,
+        behavior_logprobs=kw.pop("behavior_logprobs", [-0.1 * (i + 1) for i in range(len(response))]),
+        finish_reason="stop",
+        step_spans=spans,
+        **kw,
+    )
 
 
 def example():
     a = traj("a", [5, 6], [7, 8, 9], [(0, 2), (2, 3)], step_rewards=[0.9, 0.1], outcome_reward=1.0)
-    b = traj("b", [5, 6, 4, 4], [9], [(0, 1)], step_rewards=None, outcome_reward=None, reward_valid=False,
-             group_id=4)
+    b = traj("b", [5, 6, 4, 4], [9], [(0, 1)], step_rewards=None, outcome_reward=None, sample_valid=False, group_id=4)
     return a, b
 
 
@@ -30,8 +37,7 @@ def test_collate_shapes_and_alignment():
     assert out["attention_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1]]
     assert out["response_mask"].tolist() == [[0, 0, 1, 1, 1], [0, 0, 0, 0, 1]]
     assert out["step_index"].tolist() == [[-1, -1, 0, 0, 1], [-1, -1, -1, -1, 0]]
-    torch.testing.assert_close(out["behavior_logprobs"],
-                               torch.tensor([[0, 0, -0.1, -0.2, -0.3], [0, 0, 0, 0, -0.1]]))
+    torch.testing.assert_close(out["behavior_logprobs"], torch.tensor([[0, 0, -0.1, -0.2, -0.3], [0, 0, 0, 0, -0.1]]))
     torch.testing.assert_close(out["step_rewards"], torch.tensor([[0.9, 0.1], [0.0, 0.0]]))
     assert out["step_mask"].tolist() == [[1, 1], [1, 0]]
     assert out["outcome"].tolist() == [1.0, 0.0]
@@ -75,7 +81,7 @@ def test_collate_errors_name_the_trajectory():
     with pytest.raises(ValueError, match="'y'.*end at 1"):
         collate([traj("y", [1], [2, 3], [(0, 1)])], PAD)
     with pytest.raises(ValueError, match="'z'.*logprobs"):
-        collate([traj("z", [1], [2, 3], [(0, 2)], logprobs=[-0.1])], PAD)
+        collate([traj("z", [1], [2, 3], [(0, 2)], behavior_logprobs=[-0.1])], PAD)
     with pytest.raises(ValueError, match="'w'.*step_rewards"):
         collate([traj("w", [1], [2, 3], [(0, 2)], step_rewards=[0.1, 0.2])], PAD)
     with pytest.raises(ValueError, match="'v'.*empty prompt"):

@@ -34,6 +34,7 @@ def test_detects_changes():
 
 def test_rel_diff_hand_numbers():
     from algo.fingerprint import fingerprint_rel_diff
+
     a = {"sum": 2.0, "sumsq": 14.0, "abs_sum": 6.0, "numel": 3}
     b = {"sum": 2.06, "sumsq": 14.0, "abs_sum": 6.0, "numel": 3}
     # |2.06 - 2| / max(abs_sum) = 0.06 / 6 = 0.01; sumsq and abs_sum agree

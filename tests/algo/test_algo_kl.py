@@ -34,7 +34,7 @@ def test_mask_clamp_errors_and_reward():
     out = kl_estimate(lp, ref, "k3", mask=torch.tensor([[1.0, 0.0]]))
     assert out.tolist() == [[0.0, 0.0]]
     assert torch.isfinite(kl_estimate(lp, ref, "k3")).all()  # log r = 50 clamped to 20
-    with pytest.raises(ValueError, match="valid kinds"):
+    with pytest.raises(ValueError, match="unknown KL estimator 'k4'; valid: k1, k2, k3"):
         kl_estimate(lp, ref, "k4")
     with pytest.raises(ValueError, match="differ"):
         kl_estimate(lp, ref[:, :1], "k1")

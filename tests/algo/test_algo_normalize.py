@@ -44,4 +44,3 @@ def test_group_normalize_dr_grpo_and_singletons():
     g = torch.tensor([0, 0, 1])
     torch.testing.assert_close(group_normalize(r, g, std_normalize=False), torch.tensor([0.5, -0.5, 0.0]))
     assert group_normalize(r, g)[2].item() == 0.0  # alone: x - mean = 0
-

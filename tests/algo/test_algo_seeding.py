@@ -8,7 +8,7 @@ def test_stable_and_in_range():
     assert derive_seed(0, "step", 1) == derive_seed(0, "step", 1)
     seeds = [derive_seed(s, "step", t, g, i) for s in range(3) for t in range(5) for g in range(8) for i in range(8)]
     assert all(0 <= x < 2**SEED_BITS for x in seeds)
-    assert len(set(seeds)) == len(seeds)   # 960 samples, no shared noise
+    assert len(set(seeds)) == len(seeds)  # 960 samples, no shared noise
 
 
 def test_additive_collisions_of_the_old_scheme_are_gone():

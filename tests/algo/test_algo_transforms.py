@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from algo.transforms import REWARD_TRANSFORMS, apply_reward_transform
+from algo import registry
+from algo.transforms import TRANSFORM_FNS, apply_reward_transform, clip, delta, log_prob
 
 # two samples: 3 steps and 2 steps; the padded step holds NaN to prove it never leaks
 R = torch.tensor([[0.9, 0.2, 0.6, float("nan")], [0.5, 1.0, float("nan"), float("nan")]])
@@ -65,17 +66,34 @@ def test_delta_of_min_form_sums_to_min():
 
 
 def test_every_transform_is_zero_on_missing_steps_and_finite():
-    for name in REWARD_TRANSFORMS:
+    for name in registry.TRANSFORMS:
         out = apply_reward_transform(name, R, M)
         assert torch.isfinite(out).all(), name
         assert (out[M == 0] == 0).all(), name
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match="valid names: .*min_form"):
+    with pytest.raises(ValueError, match="unknown reward transform 'nope'; valid: .*min_form"):
         apply_reward_transform("nope", R, M)
     with pytest.raises(ValueError, match="prefix"):
         apply_reward_transform("delta", R, torch.tensor([[1.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 0.0]]))
     with pytest.raises(ValueError, match=r"\[B, K\]"):
         apply_reward_transform("identity", R, M[:, :2])
     assert math.isclose(apply_reward_transform("linear", torch.ones(1, 1), torch.ones(1, 1)).item(), 1.0)
+
+
+def test_parameters_default_from_the_registry_and_unknown_ones_are_refused():
+    assert set(TRANSFORM_FNS) == set(registry.TRANSFORMS)
+    # the registry's defaults are the old keyword defaults: log_z 0, min_value -10, eta .5, keep_last True
+    torch.testing.assert_close(apply_reward_transform("log_prob", R, M), log_prob(R, M, log_z=0.0, min_value=-10.0))
+    torch.testing.assert_close(apply_reward_transform("clip", R, M), clip(R, M, eta=0.5))
+    torch.testing.assert_close(apply_reward_transform("delta", R, M), delta(R, M, keep_last=True))
+    # a partial override keeps the other default: log .2 = -1.609438 is not clipped at -10
+    out = apply_reward_transform("log_prob", R, M, log_z=0.1)
+    assert out[0, 1].item() == pytest.approx(-1.509438, abs=1e-5)
+    with pytest.raises(ValueError, match=r"reward transform 'clip' has no parameters \['etta'\]; it takes \['eta'\]"):
+        apply_reward_transform("clip", R, M, etta=0.7)
+    with pytest.raises(ValueError, match="'identity' has no parameters"):
+        apply_reward_transform("identity", R, M, eta=0.5)
+    with pytest.raises(TypeError):  # the functions themselves take no defaults: one default per knob
+        clip(R, M)

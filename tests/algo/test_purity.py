@@ -21,7 +21,7 @@ import algo
 assert algo.__file__ and algo.__file__.endswith("__init__.py"), algo  # the real package, not tests/algo
 for mod in pkgutil.iter_modules(algo.__path__):
     __import__("algo." + mod.name)
-ours = {"tasks", "workers", "learner", "orchestrator"}
+ours = {"engine", "tasks", "workers", "learner", "orchestrator"}
 leaked = sorted(m for m in sys.modules if m.split(".")[0] in ours | BLOCKED)
 assert not leaked, leaked
 print("imported", len(list(pkgutil.iter_modules(algo.__path__))), "modules")

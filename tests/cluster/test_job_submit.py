@@ -19,6 +19,8 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
 
@@ -36,8 +38,9 @@ def free_ports(n: int) -> list[int]:
 
 
 def ray_cli(*args, env, timeout=120):
-    return subprocess.run([os.path.join(BIN, "ray"), *args], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [os.path.join(BIN, "ray"), *args], capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT
+    )
 
 
 def kill_group(proc: subprocess.Popen, sig: int) -> None:
@@ -63,9 +66,14 @@ def head(tmp_path):
     # with token mode and no token anywhere (env, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token) exits at once
     # with "AuthenticationError: Token authentication is enabled but no authentication token was found".
     # The variable takes precedence over any ~/.ray/auth_token of the user running the test.
-    env = {**os.environ, "PATH": BIN + os.pathsep + os.environ["PATH"], "RAY_USAGE_STATS_ENABLED": "0",
-           "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": BIN + os.pathsep + os.environ["PATH"],
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "OMP_NUM_THREADS": "1",
+    }
     env.pop("RAY_AUTH_TOKEN_PATH", None)
     env.pop("RAY_ADDRESS", None)
     # Every port Ray would otherwise take at a fixed default is chosen free here: another Ray on the machine
@@ -76,19 +84,34 @@ def head(tmp_path):
     log_path = tmp_path / "ray_head.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [os.path.join(BIN, "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-             f"--port={gcs}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-             f"--dashboard-agent-listen-port={agent}", f"--ray-client-server-port={client}", "--num-cpus=2",
-             "--include-dashboard=true"],
-            env=env, cwd=ROOT, start_new_session=True, stdout=log, stderr=subprocess.STDOUT, text=True)
+            [
+                os.path.join(BIN, "ray"),
+                "start",
+                "--head",
+                "--block",
+                "--node-ip-address=127.0.0.1",
+                f"--port={gcs}",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dash}",
+                f"--dashboard-agent-listen-port={agent}",
+                f"--ray-client-server-port={client}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+            ],
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
     address = f"http://127.0.0.1:{dash}"
     try:
         deadline = time.time() + 120
         while ray_cli("job", "list", "--address", address, env=env).returncode != 0:
             if proc.poll() is not None or time.time() > deadline:
                 stop_head(proc)
-                pytest.fail(f"ray head did not come up (exit code {proc.returncode}): "
-                            f"{log_path.read_text()[-3000:]}")
+                pytest.fail(f"ray head did not come up (exit code {proc.returncode}): {log_path.read_text()[-3000:]}")
             time.sleep(2)
         yield address, env
     finally:
@@ -99,11 +122,32 @@ def test_job_submit_one_step_succeeds(head, tmp_path):
     address, env = head
     run_dir = tmp_path / "run"
     job_id = f"steprl-test-{os.getpid()}"
-    args = ("job", "submit", "--address", address, "--submission-id", job_id, "--no-wait", "--working-dir", ".",
-            "--runtime-env-json", json.dumps({"excludes": ["runs", "*.egg-info", ".venv"]}), "--",
-            "steprl", "train", "configs/demo_cpu.yaml", "cluster.address=auto", f"run_dir={run_dir}",
-            "train.steps=1", "train.eval_every=0", "rollout.prompts_per_step=4", "rollout.group_size=4",
-            "learner.micro_batch_size=8", "eval.num_problems=4", "eval.k=1")
+    args = (
+        "job",
+        "submit",
+        "--address",
+        address,
+        "--submission-id",
+        job_id,
+        "--no-wait",
+        "--working-dir",
+        ".",
+        "--runtime-env-json",
+        json.dumps({"excludes": ["runs", "*.egg-info", ".venv"]}),
+        "--",
+        "steprl",
+        "train",
+        "configs/demo_cpu.yaml",
+        "cluster.address=auto",
+        f"run_dir={run_dir}",
+        "train.steps=1",
+        "train.eval_every=0",
+        "rollout.prompts_per_step=4",
+        "rollout.group_size=4",
+        "learner.micro_batch_size=8",
+        "eval.num_problems=4",
+        "eval.k=1",
+    )
     # The dashboard answers `ray job list` before the head's dashboard agent, which runs the jobs, is up; a
     # submission then waits 10 s for it and fails with "No available agent to submit job, please try again
     # later" (no job is created, so the same submission id can be sent again). A busy machine can need more.

@@ -22,8 +22,13 @@ DOCKERFILE = K8S / "Dockerfile.cpu"
 REQUIRED = ["raycluster-cpu.yaml", "rayjob-cpu-demo.yaml", "raycluster-gpu.yaml", "rayjob-gpu.yaml"]
 # RayJob file -> the RayCluster file whose spec it embeds (they must not drift apart).
 EMBEDS = {"rayjob-cpu-demo.yaml": "raycluster-cpu.yaml", "rayjob-gpu.yaml": "raycluster-gpu.yaml"}
-API_VERSIONS = {"RayCluster": "ray.io/v1", "RayJob": "ray.io/v1", "PersistentVolumeClaim": "v1", "Pod": "v1",
-                "Service": "v1"}
+API_VERSIONS = {
+    "RayCluster": "ray.io/v1",
+    "RayJob": "ray.io/v1",
+    "PersistentVolumeClaim": "v1",
+    "Pod": "v1",
+    "Service": "v1",
+}
 # KubeRay's limits: a RayJob's cluster is named <job>-<5 chars>, and cluster names feed Service names.
 MAX_NAME = {"RayCluster": 53, "RayJob": 47}
 DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -32,16 +37,51 @@ SHARED = "/shared"
 # KubeRay v1 fields (RayJobSpec, RayClusterSpec, HeadGroupSpec, WorkerGroupSpec types). The API server prunes
 # unknown fields of a custom resource, so a typo would be dropped without a word: list new ones here on purpose.
 KNOWN_FIELDS = {
-    "RayJob.spec": {"entrypoint", "rayClusterSpec", "clusterSelector", "backoffLimit", "activeDeadlineSeconds",
-                    "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "runtimeEnvYAML", "submissionMode",
-                    "submitterPodTemplate", "submitterConfig", "jobId", "metadata", "suspend",
-                    "entrypointNumCpus", "entrypointNumGpus", "entrypointResources", "deletionStrategy"},
-    "rayClusterSpec": {"rayVersion", "enableInTreeAutoscaling", "autoscalerOptions", "authOptions",
-                       "headGroupSpec", "workerGroupSpecs", "headServiceAnnotations", "suspend",
-                       "gcsFaultToleranceOptions", "managedBy"},
+    "RayJob.spec": {
+        "entrypoint",
+        "rayClusterSpec",
+        "clusterSelector",
+        "backoffLimit",
+        "activeDeadlineSeconds",
+        "shutdownAfterJobFinishes",
+        "ttlSecondsAfterFinished",
+        "runtimeEnvYAML",
+        "submissionMode",
+        "submitterPodTemplate",
+        "submitterConfig",
+        "jobId",
+        "metadata",
+        "suspend",
+        "entrypointNumCpus",
+        "entrypointNumGpus",
+        "entrypointResources",
+        "deletionStrategy",
+    },
+    "rayClusterSpec": {
+        "rayVersion",
+        "enableInTreeAutoscaling",
+        "autoscalerOptions",
+        "authOptions",
+        "headGroupSpec",
+        "workerGroupSpecs",
+        "headServiceAnnotations",
+        "suspend",
+        "gcsFaultToleranceOptions",
+        "managedBy",
+    },
     "headGroupSpec": {"serviceType", "headService", "enableIngress", "rayStartParams", "template"},
-    "workerGroupSpec": {"groupName", "replicas", "minReplicas", "maxReplicas", "rayStartParams", "template",
-                        "idleTimeoutSeconds", "scaleStrategy", "numOfHosts", "suspend"},
+    "workerGroupSpec": {
+        "groupName",
+        "replicas",
+        "minReplicas",
+        "maxReplicas",
+        "rayStartParams",
+        "template",
+        "idleTimeoutSeconds",
+        "scaleStrategy",
+        "numOfHosts",
+        "suspend",
+    },
 }
 
 
@@ -66,8 +106,9 @@ def _ray_pods(spec):
     """[(label, pod template)] for the head and each worker group of a RayCluster spec. Missing parts come
     back empty, so collection never crashes and the test about that part names it."""
     pods = [("headGroupSpec", (spec.get("headGroupSpec") or {}).get("template") or {})]
-    pods += [(f"workerGroupSpecs[{g.get('groupName')}]", g.get("template") or {})
-             for g in spec.get("workerGroupSpecs") or []]
+    pods += [
+        (f"workerGroupSpecs[{g.get('groupName')}]", g.get("template") or {}) for g in spec.get("workerGroupSpecs") or []
+    ]
     return pods
 
 
@@ -83,8 +124,9 @@ def _pod_spec(template):
 
 
 def _containers():
-    return [(f"{lbl} container {c.get('name')}", c) for lbl, t in _all_pods()
-            for c in _pod_spec(t).get("containers") or []]
+    return [
+        (f"{lbl} container {c.get('name')}", c) for lbl, t in _all_pods() for c in _pod_spec(t).get("containers") or []
+    ]
 
 
 def parse_cpu(q) -> float:
@@ -93,8 +135,7 @@ def parse_cpu(q) -> float:
     return float(s[:-1]) / 1000 if s.endswith("m") else float(s)
 
 
-_MEM_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40,
-              "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+_MEM_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
 
 
 def parse_memory(q) -> int:
@@ -194,7 +235,7 @@ def test_container_resources_and_threads(where, c):
         assert isinstance(lim[GPU], int) and lim[GPU] > 0, f"{where}: {GPU} limit must be a positive integer"
         assert req.get(GPU, lim[GPU]) == lim[GPU], f"{where}: {GPU} request must equal its limit"
     env = {e["name"]: e.get("value") for e in c.get("env") or []}
-    assert env.get("OMP_NUM_THREADS") == "1", f"{where}: env OMP_NUM_THREADS must be \"1\""
+    assert env.get("OMP_NUM_THREADS") == "1", f'{where}: env OMP_NUM_THREADS must be "1"'
 
 
 def test_nothing_is_exposed_outside_the_cluster():

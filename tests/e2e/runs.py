@@ -6,11 +6,24 @@ import os
 from orchestrator.validate import load_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-SMALL = ["rollout.prompts_per_step=4", "rollout.group_size=4", "learner.micro_batch_size=8",
-         "eval.num_problems=8", "eval.k=2", "train.eval_every=0", "cluster.num_cpus=2"]
+SMALL = [
+    "rollout.prompts_per_step=4",
+    "rollout.group_size=4",
+    "learner.micro_batch_size=8",
+    "eval.num_problems=8",
+    "eval.k=2",
+    "train.eval_every=0",
+    "cluster.num_cpus=2",
+]
 # Wall-clock measurements: the only keys allowed to differ between two runs of one config.
-TIMING_PREFIXES = ("timing/", "perf/", "sync/load_s", "sync/total_s", "reward/compute_s",
-                   "stream/scored_during_generation")
+TIMING_PREFIXES = (
+    "timing/",
+    "perf/",
+    "sync/load_s",
+    "sync/total_s",
+    "reward/compute_s",
+    "stream/scored_during_generation",
+)
 
 
 def rows(run_dir: str, name: str = "metrics.jsonl") -> list[dict]:

@@ -5,11 +5,21 @@ Equal files mean equal prompts, sampling seeds, sampled tokens, rewards, advanta
 to the last bit), weights (the generators sample the same tokens after every sync) and evaluations.
 """
 
+import pytest
+
 from orchestrator.train import run_train
 from tests.e2e.runs import config, rows, without_timing
 
-ARGS = ["train.steps=4", "train.checkpoint_every=2", "rollout.num_generators=2", "train.eval_every=2",
-        "eval.num_problems=4", "eval.k=2"]
+pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
+
+ARGS = [
+    "train.steps=4",
+    "train.checkpoint_every=2",
+    "rollout.num_generators=2",
+    "train.eval_every=2",
+    "eval.num_problems=4",
+    "eval.k=2",
+]
 
 
 def files(run_dir: str) -> tuple[list[dict], list[dict]]:
@@ -30,4 +40,4 @@ def test_reruns_and_resume_are_identical(ray_local, tmp_path):
 
     metrics, samples = files(first)
     assert [r["step"] for r in metrics] == [0, 1, 2, 3, 4]
-    assert len(samples) == 4 * 16 and len({s["replica"] for s in samples}) == 2   # both replicas sampled
+    assert len(samples) == 4 * 16 and len({s["replica"] for s in samples}) == 2  # both replicas sampled

@@ -9,23 +9,41 @@ import math
 import os
 import shutil
 
+import pytest
+
 from orchestrator.checkpoint import checkpoint_root
 from tests.e2e.runs import config, rows
+
+pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
 
 
 def test_train_versions_sync_metrics_and_resume(ray_local, tmp_path):
     from orchestrator.train import run_train
+
     run_dir = str(tmp_path / "run")
     summary = run_train(config(run_dir, "train.steps=3", "train.checkpoint_every=2"))
 
     steps = [r for r in rows(run_dir) if r["step"] > 0]
     assert [r["step"] for r in steps] == [1, 2, 3]
-    assert [r["policy_version"] for r in steps] == [1, 2, 3]            # one new version per step
-    assert [r["policy_version_sampled"] for r in steps] == [0, 1, 2]    # sampled by the previous version
-    assert all(r["sync/fingerprint_rel_diff"] <= 1e-6 for r in steps)   # publish_weights raises above it
-    required = ["kl", "entropy", "clip_frac", "grad_norm", "timing/generate_s", "timing/reward_s",
-                "timing/train_s", "timing/sync_s", "timing/step_s", "perf/tokens_per_s", "samples",
-                "reward/step_mean", "reward/outcome_mean", "reward/step_0"]
+    assert [r["policy_version"] for r in steps] == [1, 2, 3]  # one new version per step
+    assert [r["policy_version_sampled"] for r in steps] == [0, 1, 2]  # sampled by the previous version
+    assert all(r["sync/fingerprint_rel_diff"] <= 1e-6 for r in steps)  # publish_weights raises above it
+    required = [
+        "kl",
+        "entropy",
+        "clip_frac",
+        "grad_norm",
+        "timing/generate_s",
+        "timing/reward_s",
+        "timing/train_s",
+        "timing/sync_s",
+        "timing/step_s",
+        "perf/tokens_per_s",
+        "samples",
+        "reward/step_mean",
+        "reward/outcome_mean",
+        "reward/step_0",
+    ]
     for r in steps:
         missing = [k for k in required if k not in r]
         assert not missing, missing
@@ -47,7 +65,7 @@ def test_train_versions_sync_metrics_and_resume(ray_local, tmp_path):
     assert not any(d.startswith(".tmp") for d in os.listdir(checkpoint_root(run_dir)))
     run_train(config(run_dir, "train.steps=3", "train.checkpoint_every=2", "resume=true"))
     resumed = [r for r in rows(run_dir) if r["step"] > 0]
-    assert [r["step"] for r in resumed] == [1, 2, 3]                      # rows after the checkpoint redone
+    assert [r["step"] for r in resumed] == [1, 2, 3]  # rows after the checkpoint redone
     assert resumed[2]["data/position"] == original_step3["data/position"] == 2
     assert resumed[2]["data/prompts_hash"] == original_step3["data/prompts_hash"]
     assert resumed[2]["policy_version_sampled"] == 2 and resumed[2]["policy_version"] == 3
@@ -56,9 +74,19 @@ def test_train_versions_sync_metrics_and_resume(ray_local, tmp_path):
 def test_critic_and_reference_roles_step_ppo_with_kl(ray_local, tmp_path):
     """The PPO path: critic values streamed per trajectory, value loss trained, KL to the reference."""
     from orchestrator.train import run_train
+
     run_dir = str(tmp_path / "ppo")
-    summary = run_train(config(run_dir, "train.steps=2", "algo.estimator=step_ppo", "algo.kl_coef=0.05",
-                               "algo.kl_in=reward", "eval.k=1", "eval.num_problems=4"))
+    summary = run_train(
+        config(
+            run_dir,
+            "train.steps=2",
+            "algo.estimator=step_ppo",
+            "algo.kl_coef=0.05",
+            "algo.kl_in=reward",
+            "eval.k=1",
+            "eval.num_problems=4",
+        )
+    )
     steps = [r for r in rows(run_dir) if r["step"] > 0]
     assert [r["policy_version"] for r in steps] == [1, 2]
     for r in steps:

@@ -23,8 +23,9 @@ def make_policy_dir(path) -> str:
     return str(path)
 
 
-def make_batch(B: int, *, prompt_len: int = 8, max_response: int = 40, step_len: int = 8, vocab: int = 258,
-               seed: int = 0) -> dict:
+def make_batch(
+    B: int, *, prompt_len: int = 8, max_response: int = 40, step_len: int = 8, vocab: int = 258, seed: int = 0
+) -> dict:
     """A right-padded batch in algo.batch.collate's layout with random tokens and advantages.
 
     Row b has a response of max_response - (b % 3) * 4 tokens cut into steps of step_len tokens.
@@ -35,10 +36,19 @@ def make_batch(B: int, *, prompt_len: int = 8, max_response: int = 40, step_len:
         n = max_response - (b % 3) * 4
         ids = torch.randint(2, vocab, (prompt_len + n,), generator=g).tolist()
         spans = [(s, min(s + step_len, n)) for s in range(0, n, step_len)]
-        trajs.append(Trajectory(uid=str(b), prompt_id=str(b), group_id=b, policy_version=0,
-                                prompt_ids=ids[:prompt_len], response_ids=ids[prompt_len:],
-                                logprobs=(-5.5 + 0.1 * torch.randn(n, generator=g)).tolist(),
-                                finish_reason="stop", step_spans=spans))
+        trajs.append(
+            Trajectory(
+                uid=str(b),
+                prompt_id=str(b),
+                group_id=b,
+                policy_version=0,
+                prompt_ids=ids[:prompt_len],
+                response_ids=ids[prompt_len:],
+                behavior_logprobs=(-5.5 + 0.1 * torch.randn(n, generator=g)).tolist(),
+                finish_reason="stop",
+                step_spans=spans,
+            )
+        )
     batch = collate(trajs, pad_id=1)  # 1 = pad id of the tiny tokenizer
     batch["advantages"] = torch.zeros_like(batch["behavior_logprobs"])
     for b, t in enumerate(trajs):
@@ -54,24 +64,50 @@ def policy_dir(tmp_path_factory) -> str:
     return make_policy_dir(tmp_path_factory.mktemp("tiny_policy"))
 
 
-@pytest.fixture(scope="module")   # module scope: other test folders start their own Ray
+@pytest.fixture(scope="module")  # module scope: other test folders start their own Ray
 def ray_local():
     import ray
 
     if not ray.is_initialized():
         # Test-defined actors (pickled by reference) must be importable in Ray workers.
         here = os.path.dirname(os.path.abspath(__file__))
-        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": here}})
+        ray.init(
+            address="local",
+            num_cpus=2,
+            include_dashboard=False,
+            log_to_driver=False,
+            runtime_env={"env_vars": {"PYTHONPATH": here}},
+        )
     yield ray
     ray.shutdown()
 
 
 def rank_kwargs(policy_dir: str, **over) -> dict:
     """LearnerRank arguments for the tests (plain PPO, token aggregation, no KL/entropy/SFT)."""
-    kw = dict(model_dir=policy_dir, backend="gloo", zero_stage=2, micro_batch_size=4, lr=1e-3,
-              weight_decay=0.0, warmup_steps=0, total_steps=100, schedule="constant", grad_clip=1.0,
-              ppo_epochs=1, mini_batches=1, clip_low=0.2, clip_high=0.2, dual_clip=None, loss_agg="token",
-              entropy_coef=0.0, kl_coef=0.0, kl_estimator="k3", sft_coef=0.0, seed=0, threads=1, timeout_s=300.0)
+    kw = dict(
+        model_dir=policy_dir,
+        backend="gloo",
+        zero_stage=2,
+        micro_batch_size=4,
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_steps=0,
+        total_steps=100,
+        schedule="constant",
+        grad_clip=1.0,
+        ppo_epochs=1,
+        mini_batches=1,
+        clip_low=0.2,
+        clip_high=0.2,
+        dual_clip=None,
+        loss_agg="token",
+        entropy_coef=0.0,
+        kl_coef=0.0,
+        kl_estimator="k3",
+        sft_coef=0.0,
+        seed=0,
+        threads=1,
+        timeout_s=300.0,
+    )
     kw.update(over)
     return kw

@@ -14,12 +14,24 @@ from conftest import make_batch, rank_kwargs
 
 from algo.batch import shift_logprobs
 from algo.fingerprint import fingerprints_match, weights_fingerprint
-from learner.batching import forward_logits
+from engine.batching import forward_logits
 from learner.objective import ObjectiveCoefs, micro_objective
 
+pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
+
 KW = dict(micro_batch_size=3, lr=1e-3, loss_agg="token")
-EXPECTED = ("loss", "policy_loss", "kl", "entropy", "clip_frac", "approx_kl", "grad_norm", "lr", "logprob_diff",
-            "tokens")
+EXPECTED = (
+    "loss",
+    "policy_loss",
+    "kl",
+    "entropy",
+    "clip_frac",
+    "approx_kl",
+    "grad_norm",
+    "lr",
+    "logprob_diff",
+    "tokens",
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +57,19 @@ def in_process_grad_norm(policy_dir: str, batch: dict) -> float:
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
     old = shift_logprobs(logits, batch["input_ids"]).detach()
-    c = ObjectiveCoefs(clip_low=0.2, clip_high=0.2, dual_clip=None, loss_agg="token", entropy_coef=0.0,
-                       kl_coef=0.0, kl_estimator="k3", sft_coef=0.0)
+    c = ObjectiveCoefs(
+        clip_low=0.2,
+        clip_high=0.2,
+        dual_clip=None,
+        loss_agg="token",
+        entropy_coef=0.0,
+        kl_coef=0.0,
+        kl_estimator="k3",
+        sft_coef=0.0,
+    )
     loss, _ = micro_objective(logits, batch, old, (1.0, 1.0, 1.0), c)
     loss.backward()
-    return math.sqrt(sum(float((p.grad ** 2).sum()) for p in model.parameters()))
+    return math.sqrt(sum(float((p.grad**2).sum()) for p in model.parameters()))
 
 
 def test_train_step_is_the_global_step_on_identical_ranks(group, policy_dir, ray_local):
@@ -72,14 +92,14 @@ def test_train_step_is_the_global_step_on_identical_ranks(group, policy_dir, ray
 
     hf = AutoModelForCausalLM.from_pretrained(policy_dir)
     assert [n for n, _ in named] == [n for n, _ in hf.named_parameters()]
-    assert all(t.shape == p.shape for (_, t), (_, p) in zip(named, hf.named_parameters()))
+    assert all(t.shape == p.shape for (_, t), (_, p) in zip(named, hf.named_parameters(), strict=True))
     assert group.last_export["bytes"] == sum(p.numel() * 4 for p in hf.parameters())
 
 
 def test_positive_advantage_raises_logprob(group):
     fresh(group)
     batch = make_batch(8, seed=2)
-    up, down = 8 + 5, 8 + 20          # two response positions (the prompt has 8 tokens)
+    up, down = 8 + 5, 8 + 20  # two response positions (the prompt has 8 tokens)
     batch["advantages"].zero_()
     batch["advantages"][:, up] = 1.0
     batch["advantages"][:, down] = -1.0
@@ -93,7 +113,7 @@ def test_positive_advantage_raises_logprob(group):
 def test_checkpoint_round_trip_restores_weights_and_optimizer(group, tmp_path):
     fresh(group)
     b1, b2 = make_batch(8, seed=3), make_batch(8, seed=4)
-    group.train_step(b1)                       # Adam moments are now non-zero
+    group.train_step(b1)  # Adam moments are now non-zero
     group.save_checkpoint(str(tmp_path), {"step": 1, "seen": 8})
     saved, steps = group.fingerprint(), group.global_steps()
     m_a = group.train_step(b2)
@@ -127,7 +147,7 @@ def test_masked_samples_change_nothing(group, ray_local):
     # Adam's first update is lr * g / (|g| + eps): float noise in near-zero gradients moves a weight
     # by ~1e-6 here (measured max 1.8e-6); a leak of the masked samples (advantages x 1e3) would move
     # weights by ~lr = 1e-3. So 1% of one step is the tolerance.
-    for (n, a), (_, b) in zip(w_valid, w_mixed):
+    for (n, a), (_, b) in zip(w_valid, w_mixed, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=n)
 
 
@@ -149,8 +169,9 @@ class ChannelReceiver:
     def join(self, addr: str, port: int) -> bool:
         from learner.weights import BroadcastChannel
 
-        self.channel = BroadcastChannel(master_addr=addr, master_port=port, rank=1, world_size=2, backend="gloo",
-                                        timeout_s=60)
+        self.channel = BroadcastChannel(
+            master_addr=addr, master_port=port, rank=1, world_size=2, backend="gloo", timeout_s=60
+        )
         return True
 
     def receive(self, meta) -> dict:
@@ -158,7 +179,7 @@ class ChannelReceiver:
 
 
 def test_broadcast_channel_delivers_the_weights(group, ray_local):
-    from learner.engine import free_port
+    from engine.build import free_port
 
     fresh(group)
     receiver = ray_local.remote(num_cpus=0)(ChannelReceiver).remote()

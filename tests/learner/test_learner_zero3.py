@@ -8,6 +8,8 @@ from conftest import make_batch, rank_kwargs
 
 from algo.fingerprint import fingerprints_match, weights_fingerprint
 
+pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def group3(ray_local, policy_dir):
@@ -18,8 +20,13 @@ def group3(ray_local, policy_dir):
     # this group also exercises the placement-group path (rank i in bundle bundle_indices[i])
     pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="PACK")
     ray_local.get(pg.ready(), timeout=60)
-    g = LearnerGroup(num_ranks=2, rank_kwargs=rank_kwargs(policy_dir, zero_stage=3, micro_batch_size=4),
-                     timeout_s=300, placement_group=pg, bundle_indices=[1, 0])
+    g = LearnerGroup(
+        num_ranks=2,
+        rank_kwargs=rank_kwargs(policy_dir, zero_stage=3, micro_batch_size=4),
+        timeout_s=300,
+        placement_group=pg,
+        bundle_indices=[1, 0],
+    )
     yield g
     g.shutdown()
     remove_placement_group(pg)
@@ -32,7 +39,7 @@ def test_zero3_export_gathers_full_weights(group3, policy_dir, ray_local, tmp_pa
     named = ray_local.get(group3.export_weights(), timeout=60)
     # Before any update: exactly the initial weights, full shapes, HF names, nothing left partitioned.
     assert [n for n, _ in named] == [n for n, _ in hf.named_parameters()]
-    for (n, t), (_, p) in zip(named, hf.named_parameters()):
+    for (n, t), (_, p) in zip(named, hf.named_parameters(), strict=True):
         torch.testing.assert_close(t, p.detach(), rtol=0, atol=0, msg=n)
 
     m = group3.train_step(make_batch(8, seed=11))

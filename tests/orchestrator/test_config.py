@@ -1,13 +1,24 @@
 """The config schema: every YAML validates; bad configs fail in the driver with the field named."""
 
+import dataclasses
 import glob
+import inspect
 import os
 import subprocess
 import sys
 
 import pytest
+from omegaconf import OmegaConf
+from omegaconf.errors import ReadonlyConfigError
 
-from orchestrator.validate import ESTIMATORS, TRANSFORMS, ConfigError, explain, load_config
+from algo import registry
+from algo.schedules import SCHEDULES
+from orchestrator import validate
+from orchestrator.config import DTYPES, ROLES, AlgoConfig
+from orchestrator.validate import ConfigError, explain, load_config
+from tasks import TASKS
+from tasks.oracle import STEP_MEANINGS
+from workers.sources import SOURCES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "configs", "demo_cpu.yaml")
@@ -15,41 +26,117 @@ DEMO = os.path.join(ROOT, "configs", "demo_cpu.yaml")
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))))
 def test_every_config_validates(path, monkeypatch):
-    monkeypatch.chdir(ROOT)   # configs name repo-relative paths
-    gpu_recipe = "gpu" in os.path.basename(path)   # its models and data live on the cluster's shared storage
+    monkeypatch.chdir(ROOT)  # configs name repo-relative paths
+    gpu_recipe = "gpu" in os.path.basename(path)  # its models and data live on the cluster's shared storage
     cfg = load_config(path, check_files=not gpu_recipe)
     assert cfg.run_dir
 
 
-def test_mirrored_choices_equal_the_algo_registries():
-    from algo.advantages import ESTIMATORS as registry
-    from algo.transforms import REWARD_TRANSFORMS
-    assert set(ESTIMATORS) == set(registry)
-    assert set(TRANSFORMS) == set(REWARD_TRANSFORMS)
+def test_no_second_list_of_choices():
+    # validation reads the registries themselves: the old mirrors in orchestrator.validate are gone
+    for name in ("ESTIMATORS", "TRANSFORMS", "CRITIC_ESTIMATORS", "REWARD_SOURCES"):
+        assert not hasattr(validate, name), name
+    assert getattr(validate, "ROLES", ROLES) is ROLES
+    assert getattr(validate, "STEP_MEANINGS", STEP_MEANINGS) is STEP_MEANINGS
+    # each implementing module binds exactly the registry's names
+    from algo.advantages import ESTIMATOR_FNS
+    from algo.kl import KL_FNS
+    from algo.transforms import TRANSFORM_FNS
+
+    assert list(ESTIMATOR_FNS) == list(registry.ESTIMATORS)
+    assert list(TRANSFORM_FNS) == list(registry.TRANSFORMS)
+    assert list(KL_FNS) == list(registry.KL_ESTIMATORS)
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("algo.estimater=gae", "algo.estimater: unknown key in command line (did you mean 'algo.estimator'?)"),
-    ("learner.zero_stage=5", "learner.zero_stage: bad value 5; allowed: one of 0, 1, 2, 3"),
-    ("algo.estimator=foo", "algo.estimator: bad value 'foo'; allowed: one of grpo_outcome"),
-    ("learner.num_ranks=abc", "learner.num_ranks: Value 'abc'"),
-    ("cluster.roles.gpu.num_cpus=1", "cluster.roles.gpu: unknown role"),
-    ("reward.sources=[{name: prm, pth: x}]", "reward.sources[0].pth: unknown key"),
-    ("reward.meaning=value", "reward.meaning: bad value 'value'"),
-])
+def _required_keywords(fn) -> set[str]:
+    return {
+        p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.KEYWORD_ONLY and p.default is p.empty
+    }
+
+
+def test_one_default_per_knob():
+    """An estimator's config parameters have no default in algo/ (the config schema holds it), and a
+    transform's defaults live in algo.registry.TRANSFORMS only."""
+    from algo.advantages import ESTIMATOR_FNS
+    from algo.transforms import TRANSFORM_FNS
+
+    algo_fields = {fl.name for fl in dataclasses.fields(AlgoConfig)}
+    for name, spec in registry.ESTIMATORS.items():
+        assert _required_keywords(ESTIMATOR_FNS[name]) == set(spec.params), name
+        assert set(spec.params) <= algo_fields, name
+    for name, spec in registry.TRANSFORMS.items():
+        assert _required_keywords(TRANSFORM_FNS[name]) == set(spec.params), name
+
+
+@pytest.mark.parametrize(
+    "key, names",
+    [
+        ("algo.estimator", list(registry.ESTIMATORS)),
+        ("reward.transform", list(registry.TRANSFORMS)),
+        ("algo.kl_estimator", list(registry.KL_ESTIMATORS)),
+        ("algo.loss_agg", list(registry.LOSS_AGGREGATIONS)),
+        ("learner.schedule", list(SCHEDULES)),
+        ("reward.meaning", list(STEP_MEANINGS)),
+        ("model.dtype", list(DTYPES)),
+    ],
+)
+def test_every_registry_name_is_a_valid_choice(key, names):
+    for name in names:
+        assert OmegaConf.select(load_config(DEMO, [f"{key}={name}"]), key) == name
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("algo.estimater=gae", "algo.estimater: unknown key in command line (did you mean 'algo.estimator'?)"),
+        ("learner.zero_stage=5", "learner.zero_stage: bad value 5; allowed: one of 0, 1, 2, 3"),
+        ("algo.estimator=foo", "algo.estimator: bad value 'foo'; allowed: one of grpo_outcome"),
+        ("learner.num_ranks=abc", "learner.num_ranks: Value 'abc'"),
+        ("cluster.roles.gpu.num_cpus=1", "cluster.roles.gpu: unknown role"),
+        ("reward.sources=[{name: prm, pth: x}]", "reward.sources[0].pth: unknown key"),
+        ("reward.meaning=value", "reward.meaning: bad value 'value'"),
+        ("algo.dual_clip=1.0", "algo.dual_clip: bad value 1.0; allowed: null or a number > 1"),
+        ("algo.dual_clip=0.5", "algo.dual_clip: bad value 0.5; allowed: null or a number > 1"),
+        ("algo.entropy_coef=-0.01", "algo.entropy_coef: bad value -0.01; allowed: a number >= 0"),
+        ("algo.sft_coef=-1", "algo.sft_coef: bad value -1"),
+        ("algo.kl_coef=-0.1", "algo.kl_coef: bad value -0.1"),
+        (
+            "algo.loss_agg=token_sum_norm",
+            "algo.loss_agg: bad value 'token_sum_norm'; allowed: one of token, step, sequence",
+        ),
+        ("algo.loss_agg=per_token", "algo.loss_agg: bad value 'per_token'"),
+        ("algo.kl_estimator=k4", "algo.kl_estimator: bad value 'k4'; allowed: one of k1, k2, k3"),
+        ("model.dtype=float16", "model.dtype: bad value 'float16'; allowed: one of float32, bfloat16"),
+        ("learner.schedule=linear_decay", "learner.schedule: bad value 'linear_decay'"),
+        ("task.kind=gsm8k", "task.kind: bad value 'gsm8k'; allowed: one of arithmetic, jsonl"),
+        (
+            "reward.transform_params={eta: 0.5}",
+            "reward.transform_params.eta: the identity transform takes no parameters",
+        ),
+        (
+            "reward.sources=[{name: judge}]",
+            "reward.sources[0].name: bad value 'judge'; allowed: one of oracle, outcome, prm",
+        ),
+        ("reward.sources=[{name: prm}]", "reward.sources[0].path: the prm source needs a model directory"),
+    ],
+)
 def test_bad_value_names_the_field(override, expected):
     with pytest.raises(ConfigError) as err:
         load_config(DEMO, [override])
     assert str(err.value).startswith(expected)
 
 
-@pytest.mark.parametrize("overrides, fields", [
-    (["rollout.group_size=3"], ["learner.micro_batch_size", "rollout.group_size"]),
-    (["task.min_steps=6", "task.max_steps=3"], ["task.min_steps", "task.max_steps"]),
-    (["rollout.group_size=1", "learner.micro_batch_size=8"], ["algo.estimator", "rollout.group_size"]),
-    (["learner.backend=nccl"], ["learner.backend", "cluster.roles.learner.num_gpus"]),
-    (["learner.critic_warmup_steps=3"], ["learner.critic_warmup_steps", "algo.estimator"]),
-])
+@pytest.mark.parametrize(
+    "overrides, fields",
+    [
+        (["rollout.group_size=3"], ["learner.micro_batch_size", "rollout.group_size"]),
+        (["task.min_steps=6", "task.max_steps=3"], ["task.min_steps", "task.max_steps"]),
+        (["rollout.group_size=1", "learner.micro_batch_size=8"], ["algo.estimator", "rollout.group_size"]),
+        (["learner.backend=nccl"], ["learner.backend", "cluster.roles.learner.num_gpus"]),
+        (["learner.critic_warmup_steps=3"], ["learner.critic_warmup_steps", "algo.estimator", "gae, step_ppo"]),
+        (["reward.sources=[{name: outcome}]"], ["algo.estimator", "reward.sources", "oracle, prm"]),
+    ],
+)
 def test_cross_field_rules_name_both_fields(overrides, fields):
     with pytest.raises(ConfigError) as err:
         load_config(DEMO, overrides)
@@ -60,16 +147,45 @@ def test_cross_field_rules_name_both_fields(overrides, fields):
 def test_unknown_key_in_yaml_names_file_and_suggestion(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("rollout:\n  group_sise: 4\n")
-    with pytest.raises(ConfigError, match=r"rollout.group_sise: unknown key in .*bad.yaml \(did you mean "
-                                          r"'rollout.group_size'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"rollout.group_sise: unknown key in .*bad.yaml \(did you mean "
+        r"'rollout.group_size'\?\)",
+    ):
         load_config(str(bad))
+
+
+def test_transform_params_are_checked_against_the_transform():
+    cfg = load_config(DEMO, ["reward.transform=log_prob", "reward.transform_params={min_value: -2.0}"])
+    assert cfg.reward.transform_params.min_value == -2.0
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, ["reward.transform=log_prob", "reward.transform_params={min_val: -2.0}"])
+    assert str(err.value).startswith("reward.transform_params.min_val: the log_prob transform takes log_z, min_value")
+
+
+def test_capability_rules_follow_the_registries():
+    # every estimator needing groups / step rewards / a critic is held to it, whatever its name
+    for name, spec in registry.ESTIMATORS.items():
+        over = [f"algo.estimator={name}"]
+        if spec.needs_groups:
+            with pytest.raises(ConfigError, match="rollout.group_size >= 2"):
+                load_config(DEMO, over + ["rollout.group_size=1", "learner.micro_batch_size=8"])
+        if spec.needs_step_rewards:
+            with pytest.raises(ConfigError, match="needs step rewards"):
+                load_config(DEMO, over + ["reward.sources=[{name: outcome}]"])
+        if not spec.needs_values:
+            with pytest.raises(ConfigError, match="uses no critic"):
+                load_config(DEMO, over + ["learner.critic_warmup_steps=2"])
+        else:
+            assert validate.needs_critic(load_config(DEMO, over + ["learner.critic_warmup_steps=2"]))
+    assert set(TASKS) == {"arithmetic", "jsonl"} and set(SOURCES) == {"oracle", "outcome", "prm"}
 
 
 def test_named_files_must_exist_when_a_command_starts(tmp_path):
     gpu = os.path.join(ROOT, "configs", "gpu_qwen25_math_1p5b.yaml")
-    with pytest.raises(ConfigError, match=r"reward.sources\[0\].path: no PRM model directory at '/shared"):
+    with pytest.raises(ConfigError, match=r"reward.sources\[0\].path: no model directory at '/shared"):
         load_config(gpu)
-    with pytest.raises(ConfigError, match="reward.sources\\[0\\].name: the oracle step verifier needs"):
+    with pytest.raises(ConfigError, match=r"reward.sources\[0\].name: the oracle source needs task.kind in arithmetic"):
         load_config(DEMO, ["task.kind=jsonl", "task.train_path=a.jsonl", "task.eval_path=b.jsonl"])
 
 
@@ -82,17 +198,19 @@ def test_missing_file_and_not_a_mapping(tmp_path):
 
 
 def test_resolved_config_is_read_only_and_overrides_apply():
-    cfg = load_config(DEMO, ["algo.estimator=gae", "reward.transform_params={min_value: -2.0}"])
+    cfg = load_config(
+        DEMO, ["algo.estimator=gae", "reward.transform=log_prob", "reward.transform_params={min_value: -2.0}"]
+    )
     assert cfg.algo.estimator == "gae"
     assert cfg.reward.transform_params.min_value == -2.0
-    with pytest.raises(Exception):
+    with pytest.raises(ReadonlyConfigError):
         cfg.algo.estimator = "rloo"
 
 
 def test_every_field_has_a_doc():
     lines = explain()
     assert len(lines) > 50
-    assert all(line.split("# ", 1)[1].strip() for line in lines), [l for l in lines if l.endswith("# ")]
+    assert all(line.split("# ", 1)[1].strip() for line in lines), [line for line in lines if line.endswith("# ")]
 
 
 def test_cli_help_and_fast_failure_import_no_torch(tmp_path):
@@ -100,9 +218,11 @@ def test_cli_help_and_fast_failure_import_no_torch(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "steprl")
     out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "train" in out.stdout and "eval" in out.stdout
-    code = ("import sys; from orchestrator.cli import main; rc = main(['train', %r, 'learner.zero_stage=7']); "
-            "assert rc == 2, rc; heavy = [m for m in ('torch', 'ray', 'vllm', 'deepspeed') if m in sys.modules]; "
-            "assert not heavy, heavy" % DEMO)
+    code = (
+        f"import sys; from orchestrator.cli import main; rc = main(['train', {DEMO!r}, 'learner.zero_stage=7']); "
+        "assert rc == 2, rc; heavy = [m for m in ('torch', 'ray', 'vllm', 'deepspeed') if m in sys.modules]; "
+        "assert not heavy, heavy"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "config error: learner.zero_stage: bad value 7" in out.stderr

@@ -50,11 +50,11 @@ def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path):
     with pytest.raises(RuntimeError, match="died during save"):
         save_checkpoint(run_dir, roles, {"step": 2, "version": 2}, keep=2, timeout_s=5)
     newest = latest_checkpoint(run_dir)
-    assert newest.endswith("step_000001")                     # the half-written step 2 is not a checkpoint
+    assert newest.endswith("step_000001")  # the half-written step 2 is not a checkpoint
     assert load_checkpoint(newest, roles, timeout_s=5) == {"step": 1, "version": 1}
-    roles.learner.crash = False                               # the next write replaces the leftover temp dir
+    roles.learner.crash = False  # the next write replaces the leftover temp dir
     save_checkpoint(run_dir, roles, {"step": 2, "version": 2}, keep=1, timeout_s=5)
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_000002"]   # keep=1 keeps one
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoints"))) == ["step_000002"]  # keep=1 keeps one
 
 
 def test_rng_state_round_trips_as_json(tmp_path):
@@ -66,7 +66,7 @@ def test_rng_state_round_trips_as_json(tmp_path):
     load_checkpoint(latest_checkpoint(str(tmp_path)), roles, timeout_s=5)
     assert (random.random(), np.random.rand(), torch.rand(1).item()) == expected
     with open(os.path.join(latest_checkpoint(str(tmp_path)), "driver_rng.json")) as fh:
-        assert set(json.load(fh)) == {"python", "numpy", "torch"}   # data, not a pickle
+        assert set(json.load(fh)) == {"python", "numpy", "torch"}  # data, not a pickle
 
 
 def test_mistyped_policy_is_an_error_naming_the_path(tmp_path, monkeypatch):
@@ -75,9 +75,22 @@ def test_mistyped_policy_is_an_error_naming_the_path(tmp_path, monkeypatch):
     cfg = load_config(DEMO, [f"model.policy={typo}", f"run_dir={tmp_path / 'run'}"])
     with pytest.raises(ConfigError, match="model.policy: no model directory .*base_polcy"):
         ensure_policy(cfg)
-    assert not os.path.exists(tmp_path / "run" / "sft")       # no SFT was started
-    out = subprocess.run([sys.executable, "-m", "orchestrator.cli", "train", DEMO, f"model.policy={typo}",
-                          f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert not os.path.exists(tmp_path / "run" / "sft")  # no SFT was started
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "train",
+            DEMO,
+            f"model.policy={typo}",
+            f"run_dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert out.returncode == 2 and "base_polcy" in out.stderr
     assert ensure_policy(load_config(DEMO)) == os.path.abspath("tasks/assets/base_policy")
 
@@ -87,7 +100,7 @@ def test_masked_fraction_stops_the_run_after_max_steps():
     healthy = {"samples/masked": 1.0, "samples_step": 16}
     streak = check_masked(0, broken, max_fraction=0.5, max_steps=3)
     streak = check_masked(streak, broken, 0.5, 3)
-    assert check_masked(streak, healthy, 0.5, 3) == 0          # one good step resets the count
+    assert check_masked(streak, healthy, 0.5, 3) == 0  # one good step resets the count
     streak = check_masked(check_masked(0, broken, 0.5, 3), broken, 0.5, 3)
     with pytest.raises(RoleError, match="3 steps in a row.*prm: score nan"):
         check_masked(streak, broken, 0.5, 3)

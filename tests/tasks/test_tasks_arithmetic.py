@@ -4,8 +4,15 @@ import itertools
 
 import pytest
 
-from tasks.arithmetic import (ArithmeticTask, make_problem, problem_from_prompt, prompt_text, solution_steps,
-                              solution_text, split_of)
+from tasks.arithmetic import (
+    ArithmeticTask,
+    make_problem,
+    problem_from_prompt,
+    prompt_text,
+    solution_steps,
+    solution_text,
+    split_of,
+)
 from tasks.oracle import label_response
 
 
@@ -54,8 +61,11 @@ def test_train_and_eval_are_disjoint_by_construction():
     assert not train & evals
     assert all(split_of(q) == "eval" for q in evals)
     # Over every 2-operation chain (10*10*10 operands x 2*2 operators = 4000), about 20% are eval.
-    prompts = [make_problem(list(o), list(ops)).prompt
-               for o in itertools.product(range(10), repeat=3) for ops in itertools.product("+-", repeat=2)]
+    prompts = [
+        make_problem(list(o), list(ops)).prompt
+        for o in itertools.product(range(10), repeat=3)
+        for ops in itertools.product("+-", repeat=2)
+    ]
     assert len(prompts) == 4000
     frac = sum(split_of(q) == "eval" for q in prompts) / len(prompts)
     assert 0.17 < frac < 0.23
@@ -79,11 +89,17 @@ def test_gold_solutions_are_labelled_correct_and_fit_the_length_bound():
             assert len(solution_text(p)) <= task.max_response_chars()
 
 
-@pytest.mark.parametrize("kwargs, field", [
-    (dict(min_steps=0), "min_steps"), (dict(min_steps=4, max_steps=3), "max_steps"),
-    (dict(modulus=1), "modulus"), (dict(operators="+/"), "operators"), (dict(operand_max=0), "operand_max"),
-    (dict(eval_percent=0), "eval_percent"),
-])
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(min_steps=0), "min_steps"),
+        (dict(min_steps=4, max_steps=3), "max_steps"),
+        (dict(modulus=1), "modulus"),
+        (dict(operators="+/"), "operators"),
+        (dict(operand_max=0), "operand_max"),
+        (dict(eval_percent=0), "eval_percent"),
+    ],
+)
 def test_bad_knobs_name_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
         ArithmeticTask(**kwargs)

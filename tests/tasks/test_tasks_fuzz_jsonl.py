@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from orchestrator.data import make_task
+from orchestrator.config import ExperimentConfig
+from orchestrator.data import task_from_config
 from tasks.datasets import DatasetError, load_jsonl_problems, read_step_jsonl
 
 BASE_POLICY = str(Path(__file__).resolve().parents[2] / "tasks" / "assets" / "base_policy")
@@ -20,8 +21,7 @@ N_BAD_ROWS = 1000
 
 # ============================================================== JSONL rows
 
-WORDS = ["Tom", "has", "3", "apples", "déjà", "vu", "数学", "问题", "🙂", "x^2", "\\frac{1}{2}", "ß", "?",
-         "\t"]
+WORDS = ["Tom", "has", "3", "apples", "déjà", "vu", "数学", "问题", "🙂", "x^2", "\\frac{1}{2}", "ß", "?", "\t"]
 
 
 def _text(rng: random.Random, n_max: int = 12) -> str:
@@ -33,7 +33,7 @@ def _good_row(rng: random.Random) -> dict:
     """A valid row: unicode prompt, str / int / float answer, sometimes an id or extra fields."""
     row = {"prompt": _text(rng), "answer": rng.choice([str(rng.randint(0, 99)), rng.randint(-5, 5), 0.25])}
     if rng.random() < 0.3:
-        row["id"] = rng.choice([rng.randint(0, 10 ** 6), f"q-{rng.randint(0, 999)}", None])
+        row["id"] = rng.choice([rng.randint(0, 10**6), f"q-{rng.randint(0, 999)}", None])
     if rng.random() < 0.2:
         row["source"] = {"split": "train", "tags": [1, 2]}
     return row
@@ -105,29 +105,64 @@ def _huge_bad(rng):
 
 # (kind, line maker, fragment the error must contain after "path:line: ")
 BAD_KINDS = [
-    ("not json", lambda r: r.choice([b"hello world", b"prompt: 1+1, answer: 2", b"{'prompt': 'q', 'answer': '1'}",
-                                     b"<html>", b"{prompt: q}", b"}"]), "invalid JSON"),
+    (
+        "not json",
+        lambda r: r.choice(
+            [
+                b"hello world",
+                b"prompt: 1+1, answer: 2",
+                b"{'prompt': 'q', 'answer': '1'}",
+                b"<html>",
+                b"{prompt: q}",
+                b"}",
+            ]
+        ),
+        "invalid JSON",
+    ),
     ("truncated", _truncated, "invalid JSON"),
     ("trailing data", lambda r: _dumps(_good_row(r)) + r.choice([b" x", b" {}", b","]), "invalid JSON"),
     ("two objects", lambda r: _dumps(_good_row(r)) + _dumps(_good_row(r)), "invalid JSON"),
-    ("not an object", lambda r: _dumps(r.choice([["q", "1"], 3, "q", None, True, 2.5, []])),
-     "row must be a JSON object"),
+    (
+        "not an object",
+        lambda r: _dumps(r.choice([["q", "1"], 3, "q", None, True, 2.5, []])),
+        "row must be a JSON object",
+    ),
     ("no prompt", lambda r: _dumps(_without(r, "prompt")), "missing field 'prompt'"),
     ("no answer", lambda r: _dumps(_without(r, "answer")), "missing field 'answer'"),
     ("key case", lambda r: _dumps({"Prompt": "q", "answer": "1"}), "missing field 'prompt'"),
-    ("prompt type", lambda r: _dumps(_with(r, prompt=r.choice([5, 1.5, ["q"], None, True, False, {"t": "q"}]))),
-     "field 'prompt' must be str"),
-    ("answer type", lambda r: _dumps(_with(r, answer=r.choice([[1], None, True, {"v": 1}]))),
-     "field 'answer' must be str/int/float"),
+    (
+        "prompt type",
+        lambda r: _dumps(_with(r, prompt=r.choice([5, 1.5, ["q"], None, True, False, {"t": "q"}]))),
+        "field 'prompt' must be str",
+    ),
+    (
+        "answer type",
+        lambda r: _dumps(_with(r, answer=r.choice([[1], None, True, {"v": 1}]))),
+        "field 'answer' must be str/int/float",
+    ),
     ("id type", lambda r: _dumps(_with(r, id=r.choice([[1], {"a": 1}, True, 1.5]))), "field 'id' must be str/int"),
-    ("empty prompt", lambda r: _dumps(_with(r, prompt=r.choice(["", " ", "\n\t", "\u3000"]))),
-     "field 'prompt' is empty"),
+    (
+        "empty prompt",
+        lambda r: _dumps(_with(r, prompt=r.choice(["", " ", "\n\t", "\u3000"]))),
+        "field 'prompt' is empty",
+    ),
     ("empty answer", lambda r: _dumps(_with(r, answer=r.choice(["", "  "]))), "field 'answer' is empty"),
-    ("non-finite answer", lambda r: r.choice([b'{"prompt": "q", "answer": NaN}', b'{"prompt": "q", "answer": 1e999}',
-                                              b'{"prompt": "q", "answer": -Infinity}']),
-     "field 'answer' must be finite"),
-    ("lone surrogate", lambda r: r.choice([b'{"prompt": "a\\ud800b", "answer": "1"}',
-                                           b'{"prompt": "q", "answer": "\\udfff"}']), "holds a lone surrogate"),
+    (
+        "non-finite answer",
+        lambda r: r.choice(
+            [
+                b'{"prompt": "q", "answer": NaN}',
+                b'{"prompt": "q", "answer": 1e999}',
+                b'{"prompt": "q", "answer": -Infinity}',
+            ]
+        ),
+        "field 'answer' must be finite",
+    ),
+    (
+        "lone surrogate",
+        lambda r: r.choice([b'{"prompt": "a\\ud800b", "answer": "1"}', b'{"prompt": "q", "answer": "\\udfff"}']),
+        "holds a lone surrogate",
+    ),
     ("huge int", lambda r: b'{"prompt": "q", "answer": ' + b"7" * r.randint(4_400, 9_000) + b"}", "invalid JSON"),
     ("deep nesting", _deep, "invalid JSON"),
     ("non-UTF-8", _non_utf8, "not valid UTF-8"),
@@ -180,7 +215,7 @@ def test_jsonl_fuzz_skip_bad_counts_exactly(tmp_path, fuzz_lines):
 
     problems, skipped = load_jsonl_problems(path, skip_bad=True)
     assert (len(problems), skipped) == (len(good), n_bad)
-    for p, row in zip(problems, good):
+    for p, row in zip(problems, good, strict=True):
         prompt, answer, pid = _expected_problem(row)
         assert (p.prompt, p.answer) == (prompt, answer)
         assert pid is None and p.prompt_id.startswith("js-") or p.prompt_id == pid
@@ -222,17 +257,22 @@ def test_jsonl_bom_at_file_start_is_accepted(tmp_path):
 
 # ============================================================== overlong prompts
 
+
 def _cfg(tmp_path, train: Path, eval_: Path, skip: bool, max_model_len: int):
-    return OmegaConf.create({
-        "seed": 0,
-        "task": {"kind": "jsonl", "train_path": str(train), "eval_path": str(eval_), "skip_bad_rows": skip},
-        "model": {"policy": BASE_POLICY, "trust_remote_code": False},
-        "rollout": {"max_model_len": max_model_len},
-    })
+    return OmegaConf.merge(
+        OmegaConf.structured(ExperimentConfig),
+        {
+            "seed": 0,
+            "task": {"kind": "jsonl", "train_path": str(train), "eval_path": str(eval_), "skip_bad_rows": skip},
+            "model": {"policy": BASE_POLICY, "trust_remote_code": False},
+            "rollout": {"max_model_len": max_model_len},
+        },
+    )
 
 
 def test_overlong_prompts_error_or_skip(tmp_path):
     from transformers import AutoTokenizer
+
     tok = AutoTokenizer.from_pretrained(BASE_POLICY)
     max_model_len = 64
     limit = max_model_len - 2  # longest prompt that leaves room to generate (see JsonlTask)
@@ -247,14 +287,14 @@ def test_overlong_prompts_error_or_skip(tmp_path):
 
     n_over = sum(n > limit for n in lengths)
     assert n_over > 0
-    task = make_task(_cfg(tmp_path, train, eval_, True, max_model_len))
-    assert (len(task.train), task.train_overlong, task.train_skipped) == (len(lengths) - n_over, n_over, n_over)
-    assert [p.prompt for p in task.train] == [p for p, n in zip(prompts, lengths) if n <= limit]
+    task = task_from_config(_cfg(tmp_path, train, eval_, True, max_model_len))
+    assert (len(task.train), task.train_skipped) == (len(lengths) - n_over, n_over)
+    assert [p.prompt for p in task.train] == [p for p, n in zip(prompts, lengths, strict=True) if n <= limit]
     assert (len(task.eval), task.eval_skipped) == (1, 0)
 
     first = next(i for i, n in enumerate(lengths, start=1) if n > limit)
     with pytest.raises(DatasetError) as err:
-        make_task(_cfg(tmp_path, train, eval_, False, max_model_len))
+        task_from_config(_cfg(tmp_path, train, eval_, False, max_model_len))
     message = str(err.value)
     assert message.startswith(f"{train}:{first}: field 'prompt' has {lengths[first - 1]} tokens")
     assert f"rollout.max_model_len={max_model_len}" in message

@@ -3,9 +3,9 @@
 import random
 
 from tasks.arithmetic import ArithmeticTask, problem_from_prompt, solution_text
-from tasks.oracle import label_response, split_steps
+from tasks.oracle import label_response, split_lines
 
-P = problem_from_prompt("1+5-8+4=")   # gold: 1+5=6 -8+4 / 6-8=8 +4 / 8+4=2 / A2
+P = problem_from_prompt("1+5-8+4=")  # gold: 1+5=6 -8+4 / 6-8=8 +4 / 8+4=2 / A2
 
 
 def test_gold_response():
@@ -53,11 +53,11 @@ def test_answer_only_is_an_outcome_without_process():
 
 
 def test_truncated_and_missing_answer():
-    lab = label_response(P, "1+5=6 -8+4\n6-8=8 +4\n8+4=2\nA2")   # no final "\n": truncated
+    lab = label_response(P, "1+5=6 -8+4\n6-8=8 +4\n8+4=2\nA2")  # no final "\n": truncated
     assert lab.truncated and lab.step_correct == [True, True, True, False]
     assert not lab.outcome and not lab.format_ok and "truncated" in lab.reason
-    lab = label_response(P, "1+5=6 -8+4\n6-8=8 +4\n")             # stopped early, all steps right
-    assert lab.step_correct == [True, True] and lab.first_error == 2   # the first missing step
+    lab = label_response(P, "1+5=6 -8+4\n6-8=8 +4\n")  # stopped early, all steps right
+    assert lab.step_correct == [True, True] and lab.first_error == 2  # the first missing step
     assert not lab.outcome and lab.reason == "no answer line"
 
 
@@ -65,56 +65,56 @@ def test_extra_step_after_answer_and_garbage():
     lab = label_response(P, "1+5=6 -8+4\n6-8=8 +4\n8+4=2\nA2\nA2\n")
     assert lab.step_correct == [True, True, True, True, False] and not lab.format_ok
     lab = label_response(P, "hello\n1+5=6 -8+4\n6-8=8 +4\n8+4=2\nA2\n")
-    assert lab.step_correct == [False, True, True, True, True]   # garbage leaves the state unchanged
+    assert lab.step_correct == [False, True, True, True, True]  # garbage leaves the state unchanged
     assert lab.outcome and not lab.format_ok and "unparseable" in lab.reason
     lab = label_response(P, "")
     assert lab.num_steps == 0 and lab.step_correct == [] and not lab.outcome and lab.first_error == 0
 
 
 def test_split_steps_matches_line_segmentation():
-    assert split_steps("a\nb\n") == (["a", "b"], False)
-    assert split_steps("a\nb") == (["a", "b"], True)
-    assert split_steps("\n\n") == (["", ""], False)
-    assert split_steps("") == ([], False)
+    assert split_lines("a\nb\n") == (["a", "b"], False)
+    assert split_lines("a\nb") == (["a", "b"], True)
+    assert split_lines("\n\n") == (["", ""], False)
+    assert split_lines("") == ([], False)
 
 
 def _mutate(text: str, rng: random.Random) -> str:
     alphabet = "0123456789+-*= A\nx"
     kind = rng.randrange(6)
-    if kind == 0 and text:                        # substitute a character
+    if kind == 0 and text:  # substitute a character
         i = rng.randrange(len(text))
-        return text[:i] + rng.choice(alphabet) + text[i + 1:]
-    if kind == 1:                                 # insert a character
+        return text[:i] + rng.choice(alphabet) + text[i + 1 :]
+    if kind == 1:  # insert a character
         i = rng.randrange(len(text) + 1)
         return text[:i] + rng.choice(alphabet) + text[i:]
-    if kind == 2 and text:                        # delete a character
+    if kind == 2 and text:  # delete a character
         i = rng.randrange(len(text))
-        return text[:i] + text[i + 1:]
-    if kind == 3:                                 # truncate anywhere
-        return text[:rng.randrange(len(text) + 1)]
+        return text[:i] + text[i + 1 :]
+    if kind == 3:  # truncate anywhere
+        return text[: rng.randrange(len(text) + 1)]
     lines = text.split("\n")
     i = rng.randrange(len(lines))
-    if kind == 4:                                 # drop a line
-        return "\n".join(lines[:i] + lines[i + 1:])
-    return "\n".join(lines[:i + 1] + lines[i:])   # duplicate a line
+    if kind == 4:  # drop a line
+        return "\n".join(lines[:i] + lines[i + 1 :])
+    return "\n".join(lines[: i + 1] + lines[i:])  # duplicate a line
 
 
 def _check_invariants(problem, text):
     lab = label_response(problem, text)
     assert lab.num_steps == len(lab.step_correct) == len(lab.prefix_correct)
     running = True
-    for c, pc in zip(lab.step_correct, lab.prefix_correct):
+    for c, pc in zip(lab.step_correct, lab.prefix_correct, strict=True):
         running = running and c
         assert pc == running
     if lab.format_ok:
         assert lab.num_steps == problem.num_ops + 1 and not lab.truncated and lab.answer is not None
-    if lab.format_ok and all(lab.step_correct):   # right steps in the right shape give the right answer
+    if lab.format_ok and all(lab.step_correct):  # right steps in the right shape give the right answer
         assert lab.outcome and lab.first_error is None
     if lab.outcome:
         assert lab.answer is not None and int(lab.answer) == int(problem.answer)
     if lab.first_error is not None:
         assert 0 <= lab.first_error <= lab.num_steps
-        assert all(lab.step_correct[:lab.first_error])
+        assert all(lab.step_correct[: lab.first_error])
     return lab
 
 
@@ -124,13 +124,13 @@ def test_thousands_of_random_and_mutated_responses_never_raise():
     outcomes = 0
     for i in range(3000):
         problem = tasks[i % 2].sample(1)[0]
-        if i % 3 == 0:   # random garbage over the task alphabet and beyond
+        if i % 3 == 0:  # random garbage over the task alphabet and beyond
             text = "".join(rng.choice("0123456789+-*= A\n\t\u00e9x") for _ in range(rng.randrange(60)))
             if i % 9 == 0:
-                text += "9" * rng.randrange(30)   # digit runs too long to be numbers
+                text += "9" * rng.randrange(30)  # digit runs too long to be numbers
         else:
             text = solution_text(problem)
             for _ in range(rng.randrange(1, 4)):
                 text = _mutate(text, rng)
         outcomes += _check_invariants(problem, text).outcome
-    assert 0 < outcomes < 3000   # the mutations both keep and break answers
+    assert 0 < outcomes < 3000  # the mutations both keep and break answers

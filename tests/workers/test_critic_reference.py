@@ -7,6 +7,8 @@ import os
 import pytest
 import torch
 
+pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
+
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 
@@ -25,21 +27,34 @@ def batch(B: int = 6, L: int = 20, prompt: int = 5, seed: int = 0) -> dict:
     g = torch.Generator().manual_seed(seed)
     resp = torch.zeros(B, L)
     resp[:, prompt:] = 1.0
-    resp[0, L - 3:] = 0.0  # row 0: a shorter response, right-padded
+    resp[0, L - 3 :] = 0.0  # row 0: a shorter response, right-padded
     att = torch.ones(B, L, dtype=torch.long)
-    att[0, L - 3:] = 0
+    att[0, L - 3 :] = 0
     step = torch.where(resp > 0, (torch.arange(L) - prompt).clamp_min(0) // 5, torch.tensor(-1)).long()
-    return {"input_ids": torch.randint(2, 258, (B, L), generator=g), "attention_mask": att,
-            "response_mask": resp, "step_index": step, "sample_valid": torch.ones(B),
-            "returns": resp * torch.linspace(-1.0, 1.0, L)}  # fixed targets that vary along the response
+    return {
+        "input_ids": torch.randint(2, 258, (B, L), generator=g),
+        "attention_mask": att,
+        "response_mask": resp,
+        "step_index": step,
+        "sample_valid": torch.ones(B),
+        "returns": resp * torch.linspace(-1.0, 1.0, L),
+    }  # fixed targets that vary along the response
 
 
 @pytest.fixture(scope="module")
 def critic(policy_dir):
     from workers.critic import CriticWorker
 
-    return CriticWorker(model_dir=policy_dir, micro_batch_size=4, lr=3e-3, value_clip=None, loss_agg="token",
-                        zero_stage=2, total_steps=100, seed=0)
+    return CriticWorker(
+        model_dir=policy_dir,
+        micro_batch_size=4,
+        lr=3e-3,
+        value_clip=None,
+        loss_agg="token",
+        zero_stage=2,
+        total_steps=100,
+        seed=0,
+    )
 
 
 def test_critic_values_shape_and_position_convention(critic):
@@ -54,7 +69,7 @@ def test_critic_values_shape_and_position_convention(critic):
     critic.engine.module.score.weight.data.normal_(0, 0.1)  # a non-zero head (fresh heads give 0)
     v1, v2 = critic.values(b), critic.values(b2)
     torch.testing.assert_close(v1[:, : t + 1], v2[:, : t + 1])
-    assert (v1[:, t + 1:] - v2[:, t + 1:]).abs().max() > 0
+    assert (v1[:, t + 1 :] - v2[:, t + 1 :]).abs().max() > 0
 
 
 def test_critic_value_loss_decreases_toward_fixed_returns(critic, tmp_path):
@@ -81,8 +96,10 @@ def test_critic_from_a_critic_dir(policy_dir, tmp_path):
         made.score.bias.fill_(0.25)  # a recognisable (trained-looking) head that must not be reset
     made.save_pretrained(tmp_path / "critic")
     b = batch()
-    for kw in ({"model_dir": policy_dir, "critic_dir": str(tmp_path / "critic")},
-               {"model_dir": str(tmp_path / "critic")}):  # the orchestrator passes a critic as model_dir
+    for kw in (
+        {"model_dir": policy_dir, "critic_dir": str(tmp_path / "critic")},
+        {"model_dir": str(tmp_path / "critic")},
+    ):  # the orchestrator passes a critic as model_dir
         v = CriticWorker(micro_batch_size=4, **kw).values(b)
         # V at t is the head at t-1: 0.25 wherever a previous real token exists, 0 at t=0 and on padding.
         assert (v[:, 0] == 0).all() and (v[0, -3:] == 0).all()
@@ -92,8 +109,17 @@ def test_critic_from_a_critic_dir(policy_dir, tmp_path):
     # per-trajectory streaming: the response positions of the one-row batch
     c = CriticWorker(model_dir=str(tmp_path / "critic"))
     c.engine.module.score.weight.data.normal_(0, 0.1)
-    traj = Trajectory(uid="u", prompt_id="p", group_id=0, policy_version=0, prompt_ids=[5, 6, 7],
-                      response_ids=[8, 9], logprobs=[-1.0, -1.0], finish_reason="stop", step_spans=[(0, 2)])
+    traj = Trajectory(
+        uid="u",
+        prompt_id="p",
+        group_id=0,
+        policy_version=0,
+        prompt_ids=[5, 6, 7],
+        response_ids=[8, 9],
+        behavior_logprobs=[-1.0, -1.0],
+        finish_reason="stop",
+        step_spans=[(0, 2)],
+    )
     full = c.values({"input_ids": torch.tensor([[5, 6, 7, 8, 9]]), "attention_mask": torch.ones(1, 5).long()})
     assert c.traj_values(traj) == pytest.approx(full[0, 3:].tolist())
 
@@ -123,14 +149,24 @@ def test_reference_logprobs_equal_hf_recomputation(policy_dir):
     torch.testing.assert_close(lp[:, 1:][real], manual[real], rtol=1e-5, atol=1e-5)
     # Left padding gives the same log-probs for the real tokens (positions count from the first one).
     ids, att = b["input_ids"][1:2], b["attention_mask"][1:2]
-    left = {"input_ids": torch.cat([torch.ones(1, 4, dtype=torch.long), ids], 1),
-            "attention_mask": torch.cat([torch.zeros(1, 4, dtype=torch.long), att], 1)}
+    left = {
+        "input_ids": torch.cat([torch.ones(1, 4, dtype=torch.long), ids], 1),
+        "attention_mask": torch.cat([torch.zeros(1, 4, dtype=torch.long), att], 1),
+    }
     torch.testing.assert_close(ref.logprobs(left)[:, 5:], lp[1:2, 1:], rtol=1e-4, atol=1e-5)
     # per-trajectory streaming: one log-prob per response token
     from algo.trajectory import Trajectory
 
     ids = b["input_ids"][1].tolist()
-    traj = Trajectory(uid="u", prompt_id="p", group_id=0, policy_version=0, prompt_ids=ids[:5],
-                      response_ids=ids[5:], logprobs=[0.0] * (len(ids) - 5), finish_reason="stop",
-                      step_spans=[(0, len(ids) - 5)])
+    traj = Trajectory(
+        uid="u",
+        prompt_id="p",
+        group_id=0,
+        policy_version=0,
+        prompt_ids=ids[:5],
+        response_ids=ids[5:],
+        behavior_logprobs=[0.0] * (len(ids) - 5),
+        finish_reason="stop",
+        step_spans=[(0, len(ids) - 5)],
+    )
     assert ref.traj_logprobs(traj) == pytest.approx(lp[1, 5:].tolist(), abs=1e-5)

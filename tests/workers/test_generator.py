@@ -19,7 +19,7 @@ from algo.trajectory import PromptRequest
 from tasks.models import make_tiny_policy
 from tasks.tokenizer import train_bpe_tokenizer
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+pytestmark = [pytest.mark.heavy, pytest.mark.filterwarnings("ignore::DeprecationWarning")]  # heavy: vLLM
 WHITESPACE = " \t\r\n\x0b\x0c"  # the bytes algo.segment treats as content-free
 
 
@@ -27,11 +27,11 @@ def chain_text(rng: random.Random) -> tuple[str, str]:
     """A prompt like '1+5-8+4=' and its local-format solution, mod 10 (the format of tasks/arithmetic.py)."""
     nums = [rng.randrange(10) for _ in range(rng.randint(3, 4))]
     ops = [rng.choice("+-") for _ in nums[1:]]
-    prompt = str(nums[0]) + "".join(o + str(b) for o, b in zip(ops, nums[1:])) + "="
+    prompt = str(nums[0]) + "".join(o + str(b) for o, b in zip(ops, nums[1:], strict=True)) + "="
     lines, acc = [], nums[0]
-    for k, (op, b) in enumerate(zip(ops, nums[1:])):
+    for k, (op, b) in enumerate(zip(ops, nums[1:], strict=True)):
         new = (acc + b if op == "+" else acc - b) % 10
-        rest = "".join(o + str(x) for o, x in zip(ops[k + 1:], nums[k + 2:]))
+        rest = "".join(o + str(x) for o, x in zip(ops[k + 1 :], nums[k + 2 :], strict=True))
         lines.append(f"{acc}{op}{b}={new}" + (f" {rest}" if rest else ""))
         acc = new
     return prompt, "\n".join(lines) + f"\nA{acc}\n"
@@ -77,8 +77,7 @@ def worker(policy):
 
 
 def requests_for(prompts: list[str]) -> list[PromptRequest]:
-    return [PromptRequest(prompt_id=f"p{k}", group_id=100 + k, text=p, reference=str(k))
-            for k, p in enumerate(prompts)]
+    return [PromptRequest(prompt_id=f"p{k}", group_id=100 + k, text=p, answer=str(k)) for k, p in enumerate(prompts)]
 
 
 def hf_logprobs(model, prompt_ids: list[int], response_ids: list[int]) -> list[float]:
@@ -92,8 +91,9 @@ def hf_logprobs(model, prompt_ids: list[int], response_ids: list[int]) -> list[f
 
 def perturbed(model, scale: float, seed: int) -> list[tuple[str, torch.Tensor]]:
     g = torch.Generator().manual_seed(seed)
-    return [(n, (p.detach() + scale * torch.randn(p.shape, generator=g)).contiguous())
-            for n, p in model.named_parameters()]
+    return [
+        (n, (p.detach() + scale * torch.randn(p.shape, generator=g)).contiguous()) for n, p in model.named_parameters()
+    ]
 
 
 def test_tokenizer_round_trips_newlines_through_autotokenizer_and_vllm(worker, policy):
@@ -119,9 +119,8 @@ def test_groups_uids_and_prompt_ids(worker, policy):
     assert len({t.uid for t in trajs}) == 12
     v = worker.get_version()
     assert trajs[5].uid == f"v{v}-r0-g101-p1-1"
-    for t, req in zip(trajs, [r for r in reqs for _ in range(4)]):
-        assert (t.prompt_id, t.prompt_text, t.reference, t.policy_version) == (req.prompt_id, req.text,
-                                                                             req.reference, v)
+    for t, req in zip(trajs, [r for r in reqs for _ in range(4)], strict=True):
+        assert (t.prompt_id, t.prompt_text, t.answer, t.policy_version) == (req.prompt_id, req.text, req.answer, v)
         assert t.prompt_ids == tok.encode(req.text)
         assert 1 <= len(t.response_ids) <= 24
         # "length" exactly when the budget ran out without an EOS
@@ -136,10 +135,10 @@ def test_logprobs_are_raw_model_logprobs_of_the_sampled_tokens(worker, policy):
     _, model, _, prompts = policy
     trajs = worker.generate(requests_for(prompts[:2]), n=2, temperature=0.6, top_p=0.9, max_tokens=20)
     for t in trajs:
-        assert len(t.logprobs) == len(t.response_ids)
-        assert all(math.isfinite(x) and x <= 0 for x in t.logprobs)
+        assert len(t.behavior_logprobs) == len(t.response_ids)
+        assert all(math.isfinite(x) and x <= 0 for x in t.behavior_logprobs)
         ref = hf_logprobs(model, t.prompt_ids, t.response_ids)
-        assert max(abs(a - b) for a, b in zip(ref, t.logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(ref, t.behavior_logprobs, strict=True)) < 1e-4
 
 
 def test_step_spans_cover_the_response_and_match_newlines(worker, policy):
@@ -188,7 +187,7 @@ def test_a_reissued_sample_is_the_sample_it_replaces(worker, policy):
     reqs = requests_for(policy[3][:2])
     args = dict(n=4, temperature=1.0, max_tokens=24, seed=11)
     full = {(t.group_id, t.info["sample"]): t.response_ids for t in worker.generate(reqs, **args)}
-    subset = [PromptRequest(r.prompt_id, r.group_id, r.text, r.reference, samples=(1, 3)) for r in reqs]
+    subset = [PromptRequest(r.prompt_id, r.group_id, r.text, r.answer, samples=(1, 3)) for r in reqs]
     again = worker.generate(subset, **args)
     assert sorted((t.group_id, t.info["sample"]) for t in again) == [(100, 1), (100, 3), (101, 1), (101, 3)]
     assert all(t.response_ids == full[(t.group_id, t.info["sample"])] for t in again)
@@ -245,8 +244,9 @@ def test_load_weights_swaps_live_weights_and_versions_trajectories(worker, polic
 
     after = worker.generate(reqs, n=1, temperature=0.0, max_tokens=16)
     assert all(t.policy_version == v and t.uid.startswith(f"v{v}-") for t in after)
-    assert [t.response_ids for t in after] != [t.response_ids for t in before] or \
-        [t.logprobs for t in after] != [t.logprobs for t in before]
+    assert [t.response_ids for t in after] != [t.response_ids for t in before] or [
+        t.behavior_logprobs for t in after
+    ] != [t.behavior_logprobs for t in before]
     # The sampled log-probs are the *new* model's: catches a stale tied lm_head (see vllm_ext).
     hf_new = copy.deepcopy(model)  # copying into parameters keeps lm_head tied to the embedding
     with torch.no_grad():
@@ -254,7 +254,7 @@ def test_load_weights_swaps_live_weights_and_versions_trajectories(worker, polic
             p.copy_(dict(new)[name])
     for t in after:
         ref = hf_logprobs(hf_new, t.prompt_ids, t.response_ids)
-        assert max(abs(a - b) for a, b in zip(ref, t.logprobs)) < 1e-4
+        assert max(abs(a - b) for a, b in zip(ref, t.behavior_logprobs, strict=True)) < 1e-4
 
     restored = worker.load_weights(v + 1, list(model.named_parameters()))  # later tests see the policy
     assert fingerprints_match(restored["fingerprint"], weights_fingerprint(model.named_parameters()))
@@ -266,8 +266,7 @@ def test_bare_vllm_reload_leaves_tied_lm_head_stale_and_read_back_catches_it(wor
     packed copy of the old embedding. If this starts failing, vLLM fixed it upstream."""
     _, model, _, _ = policy
     new = perturbed(model, scale=0.05, seed=4)
-    worker._llm.collective_rpc(lambda self, w: self.model_runner.reload_weights(weights_iterator=iter(w)),
-                               args=(new,))
+    worker._llm.collective_rpc(lambda self, w: self.model_runner.reload_weights(weights_iterator=iter(w)), args=(new,))
     with pytest.raises(RuntimeError, match="lm_head"):
         worker.live_weights()
     worker.load_weights(worker.get_version() + 1, list(model.named_parameters()))
@@ -281,11 +280,13 @@ def test_ray_actor_streams_and_loads_weights(policy):
     model_dir, model, _, prompts = policy
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        actor = ray.remote(num_cpus=1)(GeneratorWorker).remote(model_dir, replica=1, kv_cache_gb=0.25,
-                                                               max_model_len=256)
+        actor = ray.remote(num_cpus=1)(GeneratorWorker).remote(
+            model_dir, replica=1, kv_cache_gb=0.25, max_model_len=256
+        )
         assert ray.get(actor.ping.remote(), timeout=300) == "generator r1 v0"
         gen = actor.generate_stream.options(num_returns="streaming").remote(
-            requests_for(prompts[:3]), n=2, temperature=1.0, max_tokens=16)
+            requests_for(prompts[:3]), n=2, temperature=1.0, max_tokens=16
+        )
         got = []
         while True:
             ready, _ = ray.wait([gen], timeout=120)
@@ -301,8 +302,9 @@ def test_ray_actor_streams_and_loads_weights(policy):
         new = perturbed(model, scale=0.05, seed=5)
         info = ray.get(actor.load_weights.remote(1, new), timeout=120)
         assert info["version"] == 1 and fingerprints_match(info["fingerprint"], weights_fingerprint(new))
-        trajs = ray.get(actor.generate.remote(requests_for(prompts[:1]), n=1, temperature=1.0,
-                                              max_tokens=4), timeout=120)
+        trajs = ray.get(
+            actor.generate.remote(requests_for(prompts[:1]), n=1, temperature=1.0, max_tokens=4), timeout=120
+        )
         assert trajs[0].policy_version == 1
     finally:
         ray.shutdown()

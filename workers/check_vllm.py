@@ -1,6 +1,6 @@
 """Manual check that vLLM serves a policy directory exactly as the learner sees it.
 
-    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 python -m tasks.check_vllm tasks/assets/base_policy
+    VLLM_CPU_KVCACHE_SPACE=1 OMP_NUM_THREADS=1 python -m workers.check_vllm tasks/assets/base_policy
 
 Loads the directory with vLLM in float32 (the learner's dtype, so generator and learner weights are
 equal), decodes held-out arithmetic prompts greedily with vLLM and with Hugging Face ``generate``, and
@@ -30,16 +30,21 @@ def main(policy_dir: str, n: int = 64, max_tokens: int = 96) -> dict:
     llm = LLM(model=policy_dir, dtype="float32", enforce_eager=True, max_model_len=512, seed=0)
     outs = llm.generate(prompts, SamplingParams(max_tokens=max_tokens, temperature=0))
     v_text = [o.outputs[0].text for o in outs]
-    h_text = [t[0] for t in hf_generate(load_policy(policy_dir).eval(), load_tokenizer(policy_dir),
-                                        prompts, 1, 0.0, max_tokens)]
-    return {"n": n, "vllm_dtype": str(llm.llm_engine.model_config.dtype),
-            "identical_greedy_texts": sum(a == b for a, b in zip(v_text, h_text)),
-            "vllm_accuracy": sum(label_response(p, t).outcome for p, t in zip(problems, v_text)) / n,
-            "hf_accuracy": sum(label_response(p, t).outcome for p, t in zip(problems, h_text)) / n}
+    h_text = [
+        t[0]
+        for t in hf_generate(load_policy(policy_dir).eval(), load_tokenizer(policy_dir), prompts, 1, 0.0, max_tokens)
+    ]
+    return {
+        "n": n,
+        "vllm_dtype": str(llm.llm_engine.model_config.dtype),
+        "identical_greedy_texts": sum(a == b for a, b in zip(v_text, h_text, strict=True)),
+        "vllm_accuracy": sum(label_response(p, t).outcome for p, t in zip(problems, v_text, strict=True)) / n,
+        "hf_accuracy": sum(label_response(p, t).outcome for p, t in zip(problems, h_text, strict=True)) / n,
+    }
 
 
-if __name__ == "__main__":   # vLLM starts worker processes: the guard is required
+if __name__ == "__main__":  # vLLM starts worker processes: the guard is required
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m tasks.check_vllm POLICY_DIR")
+        sys.exit("usage: python -m workers.check_vllm POLICY_DIR")
     print(json.dumps(main(sys.argv[1])))

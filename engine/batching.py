@@ -1,13 +1,13 @@
-"""Batch plumbing shared by the learner ranks, the critic and the reference: row selection, shards,
-mini-batches, the forward pass with padding-aware positions, and exact loss normalisation over
-micro-batches and ranks.
+"""Batch plumbing of every model the roles run (learner ranks, critic, reference): row selection, shards,
+mini-batches, the forward pass with padding-aware positions, the PPO epochs x mini-batches loop, and one
+optimizer update accumulated over micro-batches with exact loss normalisation over micro-batches and ranks.
 
 Why the normalisation: a loss aggregated per micro-batch and then averaged (what a naive gradient
 accumulation does) weights a token by 1 / (tokens in its micro-batch), so the update would depend on
 how the batch was cut, and a masked sample would still change the others' weights. Instead every
 micro-batch term is scaled by (its aggregation units) / (units of the whole mini-batch over all ranks),
 so the accumulated gradient is exactly the gradient of the loss aggregated over the global mini-batch
-(the invariance "sharded loss == global loss"; tests/learner/test_learner_objective.py checks it
+(the invariance "sharded loss == global loss"; tests/engine/test_engine_batching.py checks it
 against the gradient of the whole batch, and tests/learner/test_learner_group.py across two ranks).
 """
 
@@ -45,8 +45,10 @@ def shard(batch: dict, n: int) -> list[dict]:
     """n contiguous equal shards (ZeRO ranks must run the same number of micro-batches)."""
     B = check_rows(batch)
     if n < 1 or B % n:
-        raise ValueError(f"batch of {B} samples cannot be split into {n} equal shards; "
-                         f"make the batch size a multiple of the number of learner ranks ({n})")
+        raise ValueError(
+            f"batch of {B} samples cannot be split into {n} equal shards; "
+            f"make the batch size a multiple of the number of learner ranks ({n})"
+        )
     size = B // n
     return [select(batch, slice(i * size, (i + 1) * size)) for i in range(n)]
 
@@ -71,8 +73,10 @@ def trajectory_row(traj) -> tuple[dict, slice]:
     ids = list(traj.prompt_ids) + list(traj.response_ids)
     if not traj.prompt_ids:
         raise ValueError(f"trajectory {traj.uid!r}: empty prompt_ids (position 0 has no log-prob or value)")
-    batch = {"input_ids": torch.tensor([ids], dtype=torch.long),
-             "attention_mask": torch.ones(1, len(ids), dtype=torch.long)}
+    batch = {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+    }
     return batch, slice(len(traj.prompt_ids), len(ids))
 
 
@@ -86,8 +90,9 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 def forward_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
     """[B, L, V] logits (or [B, L, num_labels] for a token classifier) of an HF model or DS engine."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask),
-                use_cache=False)
+    out = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
+    )
     return out.logits
 
 
@@ -103,40 +108,8 @@ def shift_right(x: Tensor) -> Tensor:
 # ---- exact normalisation over micro-batches and ranks ----
 
 
-def _units_token(mask: Tensor, step_index: Tensor) -> Tensor:
-    return mask.sum()
-
-
-def _units_sequence(mask: Tensor, step_index: Tensor) -> Tensor:
-    return (mask.sum(dim=1) > 0).sum().to(mask.dtype)
-
-
-def _units_step(mask: Tensor, step_index: Tensor) -> Tensor:
-    real = (mask > 0) & (step_index >= 0)
-    if not bool(real.any()):
-        return mask.new_zeros(())
-    K = int(step_index[real].max()) + 1
-    rows = torch.arange(mask.shape[0], device=mask.device)[:, None].expand_as(step_index)
-    return torch.unique((rows * K + step_index)[real]).numel() * mask.new_ones(())
-
-
-# What each algo.losses aggregation mode averages over. None: the mode is a plain sum (token_sum_norm
-# divides by a constant), so micro-batch terms simply add up.
-AGG_UNITS = {"token": _units_token, "sequence": _units_sequence, "step": _units_step, "token_sum_norm": None}
-
-
-def agg_units(mask: Tensor, step_index: Tensor, mode: str) -> Tensor:
-    """How many units (tokens, sequences, steps) the aggregation `mode` averages over; 1 for sums."""
-    if mode not in AGG_UNITS:
-        raise ValueError(f"unknown loss aggregation {mode!r}; valid: {sorted(AGG_UNITS)}")
-    fn = AGG_UNITS[mode]
-    return mask.new_ones(()) if fn is None else fn(mask.float(), step_index).float()
-
-
-def micro_weight(units: Tensor, global_units: Tensor, mode: str) -> float:
+def micro_weight(units: Tensor, global_units: Tensor) -> float:
     """Scale of one micro-batch's aggregated term so that the terms sum to the global aggregate."""
-    if AGG_UNITS.get(mode, 0) is None:
-        return 1.0
     g = float(global_units)
     return float(units) / g if g > 0 else 0.0
 
@@ -149,3 +122,52 @@ def all_reduce_sum(x: Tensor) -> Tensor:
         x = x.clone()
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
     return x
+
+
+# ---- optimizer updates ----
+
+
+def accumulated_step(engine, mini: dict, *, micro_batch_size: int, units_fn, loss_fn) -> tuple[dict, float, float]:
+    """One optimizer update on a mini-batch, accumulated over micro-batches with exact weights.
+
+    units_fn(micro) -> [k] aggregation units of the micro-batch per loss term (algo.losses.agg_units);
+    loss_fn(micro, rows, weights) -> (loss, metrics) with weights[j] the share of term j this micro-batch
+    holds in the mini-batch over all ranks. Returns the metrics summed over micro-batches and ranks (so
+    global values), the pre-clip gradient norm and the lr of this update.
+    The accumulation boundary is set by hand: the number of micro-batches may change between calls.
+    """
+    world = engine.dp_world_size
+    slices = micro_slices(batch_size(mini), micro_batch_size)
+    local = torch.stack([units_fn(select(mini, s)) for s in slices])  # [n_micro, k]
+    total = all_reduce_sum(local.sum(0))
+    engine.set_train_batch_size(micro_batch_size * len(slices) * world)  # bookkeeping only
+    sums: dict[str, float] = {}
+    for i, s in enumerate(slices):
+        weights = tuple(micro_weight(local[i, j], total[j]) for j in range(len(total)))
+        loss, metrics = loss_fn(select(mini, s), s, weights)
+        engine.set_gradient_accumulation_boundary(i == len(slices) - 1)
+        # DeepSpeed averages gradients over ranks; the weights already make the sum global.
+        engine.backward(loss * world, scale_wrt_gas=False)
+        for k, v in metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
+    lr = float(engine.get_lr()[0])  # the lr of this update: the scheduler advances inside step()
+    engine.step()
+    norm = engine.get_global_grad_norm()
+    keys = sorted(sums)
+    reduced = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+    return dict(zip(keys, reduced, strict=True)), float("nan") if norm is None else float(norm), lr
+
+
+def epochs_of_updates(batch: dict, *, epochs: int, mini_batches: int, update, keys: tuple[str, ...]) -> dict:
+    """PPO's loop: `epochs` passes over the batch, each cut into `mini_batches` shuffled mini-batches with
+    one optimizer update each. update(mini, rows) -> (metrics, grad_norm, lr). Returns the metrics `keys`
+    averaged over the updates (0 for a key an update did not report), the mean grad_norm and the last lr."""
+    sums, norms, lr = dict.fromkeys(keys, 0.0), [], float("nan")
+    for _ in range(epochs):
+        for rows in minibatch_rows(batch_size(batch), mini_batches):
+            stats, norm, lr = update(select(batch, rows), rows)
+            for k in keys:
+                sums[k] += stats.get(k, 0.0)
+            norms.append(norm)
+    n = len(norms)
+    return {**{k: v / n for k, v in sums.items()}, "grad_norm": sum(norms) / n, "lr": lr}

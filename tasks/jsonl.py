@@ -1,0 +1,78 @@
+"""JsonlTask: prompt/answer rows from JSONL files (GSM8K / MATH style), with the interface of ArithmeticTask."""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+from tasks.datasets import DatasetError, TextProblem, load_jsonl_problems
+
+if TYPE_CHECKING:
+    from tasks import TaskSettings
+
+
+class JsonlTask:
+    """Train and eval problems from two JSONL files.
+
+    With a tokenizer, every prompt must leave room to generate: at most max_model_len - 2 tokens (vLLM
+    rejects a prompt of max_model_len tokens, and one of max_model_len - 1 leaves a single token, not a
+    step). An overlong prompt is an error before the run starts, or with skip_bad a skipped, counted row.
+    """
+
+    def __init__(
+        self, train_path: str, eval_path: str, skip_bad: bool, tokenizer: Any = None, max_model_len: int | None = None
+    ) -> None:
+        self.train, self.train_skipped = load_jsonl_problems(train_path, skip_bad)
+        self.eval, self.eval_skipped = load_jsonl_problems(eval_path, skip_bad)
+        if tokenizer is not None:
+            if max_model_len is None:
+                raise ValueError("JsonlTask: a tokenizer needs max_model_len to check prompt lengths")
+            self.train, train_overlong = drop_overlong(self.train, tokenizer, max_model_len, skip_bad)
+            self.eval, eval_overlong = drop_overlong(self.eval, tokenizer, max_model_len, skip_bad)
+            self.train_skipped += train_overlong
+            self.eval_skipped += eval_overlong
+        if not self.train or not self.eval:
+            raise ValueError(f"no usable rows in {train_path if not self.train else eval_path}")
+
+    @classmethod
+    def from_settings(cls, s: TaskSettings) -> JsonlTask:
+        if not s.train_path or not s.eval_path:
+            raise ValueError("task.kind=jsonl needs task.train_path and task.eval_path")
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_dir, trust_remote_code=s.trust_remote_code)
+        return cls(s.train_path, s.eval_path, s.skip_bad_rows, tokenizer, s.max_model_len)
+
+    def sample(self, n: int, split: str = "train", seed: int | None = None) -> list[TextProblem]:
+        pool = self.train if split == "train" else self.eval
+        if split == "eval":
+            return pool[:n]
+        rng = random.Random(seed)
+        return [pool[rng.randrange(len(pool))] for _ in range(n)]
+
+    @staticmethod
+    def prompt_text(problem: TextProblem) -> str:
+        return problem.prompt
+
+
+def drop_overlong(
+    problems: list[TextProblem], tokenizer: Any, max_model_len: int, skip_bad: bool, batch_size: int = 512
+) -> tuple[list[TextProblem], int]:
+    """(problems whose prompt leaves room to generate, number dropped); DatasetError without skip_bad.
+
+    Counted the way the generator tokenizes (tokenizer.encode: special tokens added), in batches."""
+    limit = max_model_len - 2
+    kept = []
+    for i in range(0, len(problems), batch_size):
+        chunk = problems[i : i + batch_size]
+        lengths = [len(ids) for ids in tokenizer([p.prompt for p in chunk])["input_ids"]]
+        for p, n in zip(chunk, lengths, strict=True):
+            if n <= limit:
+                kept.append(p)
+            elif not skip_bad:
+                raise DatasetError(
+                    f"{p.source}: field 'prompt' has {n} tokens with the policy tokenizer; "
+                    f"rollout.max_model_len={max_model_len} leaves no room to generate "
+                    f"(at most {limit} prompt tokens)"
+                )
+    return kept, len(problems) - len(kept)

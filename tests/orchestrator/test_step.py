@@ -1,0 +1,239 @@
+"""orchestrator.step.train_step with fake roles: its dataflow pinned in seconds, without Ray, vLLM or DeepSpeed.
+
+The e2e tests run the real roles but only see the result of many steps; these tests pin each arrow of one
+step by hand: finishing order -> batch order, outcomes -> grpo advantages, critic values and reference
+log-probs -> their batch positions, KL in the reward vs the loss, weight publishing, SFT mask.
+
+Fake actors answer `.method.remote(x)` with the value itself, and `ray_get` is replaced where it was
+imported (orchestrator.rollout, orchestrator.step) by a function returning what it is given.
+"""
+
+import copy
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import orchestrator.rollout
+import orchestrator.step
+from algo.trajectory import PromptRequest, Trajectory
+from orchestrator.step import StepSettings, train_step
+
+PROMPTS = {0: [5, 6], 1: [7, 8, 9]}  # group -> prompt ids (different lengths on purpose)
+LENGTHS = {(0, 0): 3, (0, 1): 4, (1, 0): 2, (1, 1): 5}  # (group, sample) -> response length
+FINISH_ORDER = [(1, 1), (0, 1), (1, 0), (0, 0)]  # the order the pool yields them: not (group, sample) order
+OUTCOMES = {(0, 0): 1.0, (0, 1): 0.0, (1, 0): 0.0, (1, 1): 1.0}
+SETTINGS = StepSettings(
+    sampling={"n": 2, "temperature": 1.0, "top_p": 1.0, "max_tokens": 8, "seed": 0},
+    estimator="grpo_outcome",
+    estimator_params={"std_normalize": True},
+    whiten=False,
+    kl_coef=0.0,
+    kl_estimator="k1",
+    kl_in="loss",
+    sft_coef=0.0,
+    train_policy=True,
+    pad_id=1,
+    timeout_s=30.0,
+)
+REQUESTS = [PromptRequest(prompt_id=f"p{g}", group_id=g, text=f"prompt {g}") for g in (0, 1)]
+
+
+def make_traj(g: int, s: int) -> Trajectory:
+    n = LENGTHS[(g, s)]
+    return Trajectory(
+        uid=f"g{g}-s{s}",
+        prompt_id=f"p{g}",
+        group_id=g,
+        policy_version=3 + s,
+        prompt_ids=PROMPTS[g],
+        response_ids=[100 + 10 * g + s] * n,
+        behavior_logprobs=[-1.0] * n,
+        finish_reason="stop",
+        step_spans=[(0, 1), (1, n)],
+        info={"sample": s},
+    )
+
+
+def remote(fn):
+    """`.remote(x)` of a fake actor method: runs fn now and returns its value in place of an ObjectRef."""
+    return SimpleNamespace(remote=fn)
+
+
+class FakePool:
+    def __init__(self):
+        self.restarts, self.reissued, self.loaded, self.streamed = 0, 1, [], []
+
+    def stream(self, requests, sampling):
+        self.streamed.append((requests, sampling))
+        for g, s in FINISH_ORDER:
+            t = make_traj(g, s)
+            yield t, t  # (traj_ref, traj): the "ref" is the trajectory itself
+
+    def load_weights(self, published):
+        self.loaded.append(published)
+        return {"sync/load_s": 0.01, "sync/fingerprint_rel_diff": 0.0}
+
+
+class FakeLearner:
+    def __init__(self):
+        self.batches = []
+
+    def train_step(self, batch):
+        self.batches.append(batch)
+        return {"loss": 0.25}
+
+    def export_weights(self):
+        return "weights-ref"
+
+    def fingerprint(self):
+        return {"sum": 42.0}
+
+
+def score(outcomes):
+    def fn(traj):
+        t = copy.deepcopy(traj)  # Ray would hand the worker a copy
+        t.outcome_reward, t.step_rewards = outcomes[(t.group_id, t.info["sample"])], [0.0] * t.num_steps
+        return t
+
+    return fn
+
+
+def critic_values(traj):  # 10 * group + sample + 0.1 * token position: every value says where it belongs
+    return [10.0 * traj.group_id + traj.info["sample"] + 0.1 * i for i in range(len(traj.response_ids))]
+
+
+def make_roles(critic=False, reference=False, outcomes=OUTCOMES):
+    critic_batches = []
+    return SimpleNamespace(
+        generators=FakePool(),
+        reward=SimpleNamespace(score=remote(score(outcomes))),
+        learner=FakeLearner(),
+        critic=SimpleNamespace(
+            traj_values=remote(critic_values),
+            batches=critic_batches,
+            train_step=remote(lambda b: critic_batches.append(b) or {"critic/loss": 0.5}),
+        )
+        if critic
+        else None,
+        # the reference finds every sampled token 0.5 nats less likely than the behaviour policy did
+        reference=SimpleNamespace(traj_logprobs=remote(lambda t: [lp - 0.5 for lp in t.behavior_logprobs]))
+        if reference
+        else None,
+        pad_id=1,
+    )
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    for module in (orchestrator.rollout, orchestrator.step):
+        monkeypatch.setattr(module, "ray_get", lambda refs, role, what, timeout_s: refs)
+
+
+def rows():
+    """(group, sample) of batch rows in the order train_step must build them."""
+    return sorted(LENGTHS)
+
+
+def response_slice(b):
+    g, s = rows()[b]
+    p = len(PROMPTS[g])
+    return slice(p, p + LENGTHS[(g, s)])
+
+
+def test_batch_is_in_group_sample_order_whatever_the_finishing_order():
+    roles = make_roles()
+    metrics, trajs = train_step(roles, SETTINGS, REQUESTS, version=7)
+    assert roles.generators.streamed == [(REQUESTS, SETTINGS.sampling)]
+    assert [(t.group_id, t.info["sample"]) for t in trajs] == rows() == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    (batch,) = roles.learner.batches
+    assert batch["group_ids"].tolist() == [0, 0, 1, 1]
+    assert batch["outcome"].tolist() == [1.0, 0.0, 0.0, 1.0]
+    for b, (g, s) in enumerate(rows()):  # prompt + response, right-padded with pad_id 1 to L = 3 + 5 = 8
+        n, p = LENGTHS[(g, s)], len(PROMPTS[g])
+        assert batch["input_ids"][b].tolist() == PROMPTS[g] + [100 + 10 * g + s] * n + [1] * (8 - p - n)
+    assert metrics["samples_step"] == 4 and metrics["reward/outcome_mean"] == 0.5
+    assert metrics["policy_version_sampled"] == 3  # min over the samples (versions 3 and 4)
+    assert metrics["generators/restarts"] == 0 and metrics["generators/reissued_samples"] == 1
+    assert metrics["loss"] == 0.25 and metrics["kl/behavior_ref"] == 0.0
+
+
+def test_grpo_outcome_advantages_by_hand():
+    # Each group has outcomes {1, 0}: mean 0.5, unbiased std sqrt((0.5^2 + 0.5^2) / (2 - 1)) = 0.70711,
+    # so the right sample gets 0.5 / (0.70711 + 1e-6) = +0.70711 on every response token, the wrong one -0.70711.
+    roles = make_roles()
+    train_step(roles, SETTINGS, REQUESTS, version=0)
+    (batch,) = roles.learner.batches
+    adv, expected = batch["advantages"], [0.70711, -0.70711, -0.70711, 0.70711]  # rows (0,0) (0,1) (1,0) (1,1)
+    for b, a in enumerate(expected):
+        sl = response_slice(b)
+        assert adv[b, sl].tolist() == pytest.approx([a] * LENGTHS[rows()[b]], abs=1e-5)
+        assert float(adv[b].abs().sum() - adv[b, sl].abs().sum()) == 0.0  # 0 on prompt and padding
+    assert float(batch["returns"].abs().sum()) == 0.0  # grpo has no returns: zeros
+
+
+def test_critic_values_sit_at_the_response_positions():
+    roles = make_roles(critic=True)
+    metrics, _ = train_step(roles, SETTINGS, REQUESTS, version=0)
+    (batch,) = roles.learner.batches
+    assert roles.critic.batches == [batch]  # the critic trains on the very batch the learner got
+    assert metrics["critic/loss"] == 0.5
+    old = batch["old_values"]
+    for b, (g, s) in enumerate(rows()):
+        sl = response_slice(b)
+        assert old[b, sl].tolist() == pytest.approx([10 * g + s + 0.1 * i for i in range(LENGTHS[(g, s)])])
+        assert float(old[b].abs().sum() - old[b, sl].abs().sum()) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_kl_in_reward_lowers_advantages_by_the_kl_return_to_go():
+    # k1 per token = -(ref - behaviour) = -(-1.5 - -1.0) = 0.5. In the reward it is a token reward
+    # -kl_coef * 0.5 = -0.05, and grpo adds its undiscounted return-to-go: token j of an n-token response
+    # loses 0.05 * (n - j), e.g. n = 3: [-0.15, -0.10, -0.05]. In the loss it leaves the advantages alone.
+    s = replace(SETTINGS, kl_coef=0.1)
+    adv = {}
+    for kl_in in ("loss", "reward"):
+        roles = make_roles(reference=True)
+        metrics, _ = train_step(roles, replace(s, kl_in=kl_in), REQUESTS, version=0)
+        assert metrics["kl/behavior_ref"] == pytest.approx(0.5)
+        (batch,) = roles.learner.batches
+        assert batch["ref_logprobs"][0, response_slice(0)].tolist() == [-1.5] * 3
+        adv[kl_in] = batch["advantages"]
+    no_ref = make_roles()
+    train_step(no_ref, s, REQUESTS, version=0)
+    assert torch.equal(adv["loss"], no_ref.learner.batches[0]["advantages"])
+    diff = adv["reward"] - adv["loss"]
+    for b, key in enumerate(rows()):
+        n = LENGTHS[key]
+        assert diff[b, response_slice(b)].tolist() == pytest.approx([-0.05 * (n - j) for j in range(n)], abs=1e-5)
+    assert float((diff > 0).sum()) == 0.0  # a KL penalty never raises an advantage
+
+
+def test_trained_step_publishes_version_plus_one():
+    roles = make_roles()
+    metrics, _ = train_step(roles, SETTINGS, REQUESTS, version=7)
+    assert metrics["policy_version"] == 8
+    (published,) = roles.generators.loaded
+    assert (published.version, published.weights_ref, published.fingerprint) == (8, "weights-ref", {"sum": 42.0})
+    assert metrics["sync/load_s"] == 0.01 and "sync/total_s" in metrics
+
+
+def test_critic_warmup_neither_trains_nor_publishes_the_policy():
+    roles = make_roles(critic=True)
+    metrics, trajs = train_step(roles, replace(SETTINGS, train_policy=False), REQUESTS, version=7)
+    assert roles.learner.batches == [] and roles.generators.loaded == []
+    assert "policy_version" not in metrics and "loss" not in metrics
+    assert len(roles.critic.batches) == 1 and metrics["critic/loss"] == 0.5  # the critic still trains
+    assert len(trajs) == 4
+
+
+def test_sft_mask_covers_the_responses_with_outcome_above_half():
+    outcomes = {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.75}  # 0.5 is not above 0.5
+    roles = make_roles(outcomes=outcomes)
+    train_step(roles, replace(SETTINGS, sft_coef=0.1), REQUESTS, version=0)
+    (batch,) = roles.learner.batches
+    keep = torch.tensor([1.0, 0.0, 0.0, 1.0])[:, None]
+    assert torch.equal(batch["sft_mask"], batch["response_mask"] * keep)
+    roles = make_roles(outcomes=outcomes)
+    train_step(roles, SETTINGS, REQUESTS, version=0)  # sft_coef 0: no SFT term
+    assert "sft_mask" not in roles.learner.batches[0]

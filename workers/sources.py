@@ -1,0 +1,23 @@
+"""The reward sources a config can name (`reward.sources[].name`): the one list, with what each gives and needs.
+
+Torch-free, so config validation reads it before anything heavy is imported; workers/reward.py builds each
+source by name from this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Source:
+    gives: str  # "step": a probability per step; "outcome": one number per response
+    needs_path: bool = False  # a model directory (reward.sources[].path)
+    task_kinds: tuple[str, ...] | None = None  # the task kinds it can judge; None: any
+
+
+SOURCES: dict[str, Source] = {
+    "oracle": Source("step", task_kinds=("arithmetic",)),  # checks every operation of an arithmetic chain
+    "outcome": Source("outcome"),  # the final answer against the gold answer
+    "prm": Source("step", needs_path=True),  # a learned process reward model
+}
