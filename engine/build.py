@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -151,20 +152,25 @@ def ds_config(
     }
 
 
-def build_engine(
-    model: torch.nn.Module,
-    *,
-    lr: float,
-    weight_decay: float,
-    warmup_steps: int,
-    total_steps: int,
-    schedule: str,
-    zero_stage: int,
-    micro_batch_size: int,
-    grad_accum: int,
-    grad_clip: float,
-    bf16: bool,
-):
+@dataclass(frozen=True)
+class TrainSettings:
+    """How one model is trained: the same fields for the policy, the critic and any other model trained
+    with DeepSpeed (built once from the config by the driver)."""
+
+    lr: float  # peak learning rate (AdamW)
+    weight_decay: float
+    warmup_steps: int  # linear warm-up, in optimizer updates
+    total_steps: int  # optimizer updates of the whole run (the schedule's length)
+    schedule: str  # algo.schedules.SCHEDULES
+    grad_clip: float
+    zero_stage: int
+    micro_batch_size: int  # samples per forward / backward on a rank
+    epochs: int  # passes over each batch (PPO epochs)
+    mini_batches: int  # optimizer updates per pass
+    bf16: bool
+
+
+def build_engine(model: torch.nn.Module, train: TrainSettings):
     """Wrap `model` in a DeepSpeed engine with torch AdamW and a warm-up + constant/cosine LambdaLR.
 
     Call init_distributed first. The scheduler steps once per optimizer update (DeepSpeed steps it).
@@ -175,16 +181,19 @@ def build_engine(
     if not dist.is_initialized():
         raise RuntimeError("build_engine: call init_distributed(...) before building a DeepSpeed engine")
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, warmup_steps=warmup_steps, total_steps=total_steps, schedule=schedule)
+        optimizer,
+        lambda step: lr_factor(
+            step, warmup_steps=train.warmup_steps, total_steps=train.total_steps, schedule=train.schedule
+        ),
     )
     config = ds_config(
-        zero_stage=zero_stage,
-        micro_batch_size=micro_batch_size,
-        grad_accum=grad_accum,
-        grad_clip=grad_clip,
-        bf16=bf16,
+        zero_stage=train.zero_stage,
+        micro_batch_size=train.micro_batch_size,
+        grad_accum=1,  # accumulated_step sets the accumulation boundary itself
+        grad_clip=train.grad_clip,
+        bf16=train.bf16,
         world_size=dist.get_world_size(),
     )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)

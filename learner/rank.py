@@ -30,7 +30,7 @@ from engine.batching import (
     forward_logits,
     micro_slices,
 )
-from engine.build import build_engine, init_distributed, load_checkpoint, save_checkpoint
+from engine.build import TrainSettings, build_engine, init_distributed, load_checkpoint, save_checkpoint
 from engine.process import prepare_process, seed_everything
 from learner.objective import ObjectiveCoefs, check_policy_batch, micro_objective, units
 from learner.weights import BroadcastChannel, weights_summary
@@ -49,27 +49,10 @@ class LearnerRank:
         master_port: int,
         model_dir: str,
         backend: str,
-        zero_stage: int,
-        micro_batch_size: int,
-        lr: float,
-        weight_decay: float,
-        warmup_steps: int,
-        total_steps: int,
-        schedule: str,
-        grad_clip: float,
-        ppo_epochs: int,
-        mini_batches: int,
-        clip_low: float,
-        clip_high: float,
-        dual_clip: float | None,
-        loss_agg: str,
-        entropy_coef: float,
-        kl_coef: float,
-        kl_estimator: str,
-        sft_coef: float,
+        train: TrainSettings,
+        objective: ObjectiveCoefs,
         seed: int,
         threads: int = 1,
-        dtype: str = "float32",
         timeout_s: float = 600.0,
         deterministic: bool = False,
         trust_remote_code: bool = False,
@@ -80,35 +63,13 @@ class LearnerRank:
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         seed_everything(seed)
         self.rank, self.world_size, self.model_dir = rank, world_size, str(model_dir)
-        self.micro_batch_size, self.ppo_epochs, self.mini_batches = micro_batch_size, ppo_epochs, mini_batches
-        self.coefs = ObjectiveCoefs(
-            clip_low=clip_low,
-            clip_high=clip_high,
-            dual_clip=dual_clip,
-            loss_agg=loss_agg,
-            entropy_coef=entropy_coef,
-            kl_coef=kl_coef,
-            kl_estimator=kl_estimator,
-            sft_coef=sft_coef,
-        )
+        self.train_settings, self.coefs = train, objective
         init_distributed(rank, world_size, master_addr, master_port, backend, timeout_s=timeout_s)
         model = AutoModelForCausalLM.from_pretrained(
             self.model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
         )
-        self.engine = build_engine(
-            model,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            schedule=schedule,
-            zero_stage=zero_stage,
-            micro_batch_size=micro_batch_size,
-            grad_accum=1,
-            grad_clip=grad_clip,
-            bf16=dtype == "bfloat16",
-        )
-        self.zero3 = zero_stage == 3
+        self.engine = build_engine(model, train)
+        self.zero3 = train.zero_stage == 3
 
     # ---- training ----
 
@@ -118,7 +79,7 @@ class LearnerRank:
         check_rows(batch)
         self.engine.eval()
         out = []
-        for s in micro_slices(batch_size(batch), self.micro_batch_size):
+        for s in micro_slices(batch_size(batch), self.train_settings.micro_batch_size):
             ids = batch["input_ids"][s]
             out.append(shift_logprobs(forward_logits(self.engine, ids, batch["attention_mask"][s]), ids))
         self.engine.train()
@@ -134,8 +95,8 @@ class LearnerRank:
         gap = all_reduce_sum(gap)
         metrics = epochs_of_updates(
             batch,
-            epochs=self.ppo_epochs,
-            mini_batches=self.mini_batches,
+            epochs=self.train_settings.epochs,
+            mini_batches=self.train_settings.mini_batches,
             keys=METRICS,
             update=lambda mini, rows: self._update(mini, old[rows]),
         )
@@ -152,7 +113,7 @@ class LearnerRank:
         return accumulated_step(
             self.engine,
             mini,
-            micro_batch_size=self.micro_batch_size,
+            micro_batch_size=self.train_settings.micro_batch_size,
             units_fn=lambda micro: units(micro, self.coefs),
             loss_fn=loss_fn,
         )

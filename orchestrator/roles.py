@@ -9,7 +9,9 @@ from typing import Any
 import ray
 from omegaconf import DictConfig, OmegaConf
 
+from engine.build import TrainSettings
 from learner.group import LearnerGroup
+from learner.objective import ObjectiveCoefs
 from orchestrator.checkpoint import checkpoint_root
 from orchestrator.generators import GeneratorPool
 from orchestrator.rundir import logs_dir
@@ -108,16 +110,10 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         critic = restartable(CriticWorker, "critic").remote(
             model_dir=policy_dir,
             critic_dir=cfg.model.critic,
-            micro_batch_size=cfg.learner.micro_batch_size,
-            lr=cfg.learner.critic_lr,
-            total_steps=total_updates,
-            grad_clip=cfg.learner.grad_clip,
+            train=train_settings(cfg, cfg.learner.critic_lr, total_updates),
             value_clip=cfg.algo.value_clip,
             loss_agg=cfg.algo.loss_agg,
-            ppo_epochs=cfg.learner.ppo_epochs,
-            mini_batches=cfg.learner.mini_batches,
             seed=cfg.seed,
-            dtype=cfg.model.dtype,
             timeout_s=timeout,
             deterministic=cfg.train.deterministic,
             restore_dir=checkpoint_dir,
@@ -133,20 +129,8 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
             log_file=log("reference"),
             **common,
         )
-    learner_cfg, a = cfg.learner, cfg.algo
-    rank_kwargs = dict(
-        model_dir=policy_dir,
-        backend=learner_cfg.backend,
-        zero_stage=learner_cfg.zero_stage,
-        micro_batch_size=learner_cfg.micro_batch_size,
-        lr=learner_cfg.lr,
-        weight_decay=learner_cfg.weight_decay,
-        warmup_steps=learner_cfg.warmup_steps,
-        total_steps=total_updates,
-        schedule=learner_cfg.schedule,
-        grad_clip=learner_cfg.grad_clip,
-        ppo_epochs=learner_cfg.ppo_epochs,
-        mini_batches=learner_cfg.mini_batches,
+    a = cfg.algo
+    objective = ObjectiveCoefs(
         clip_low=a.clip_low,
         clip_high=a.clip_high,
         dual_clip=a.dual_clip,
@@ -155,6 +139,12 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0,
         kl_estimator=a.kl_estimator,
         sft_coef=a.sft_coef,
+    )
+    rank_kwargs = dict(
+        model_dir=policy_dir,
+        backend=cfg.learner.backend,
+        train=train_settings(cfg, cfg.learner.lr, total_updates),
+        objective=objective,
         seed=cfg.seed,
         timeout_s=timeout,
         deterministic=cfg.train.deterministic,
@@ -162,7 +152,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
     )
     learner_res = roles_cfg["learner"]
     learner = LearnerGroup(
-        num_ranks=learner_cfg.num_ranks,
+        num_ranks=cfg.learner.num_ranks,
         rank_kwargs=rank_kwargs,
         cpus_per_rank=learner_res["num_cpus"],
         gpus_per_rank=learner_res["num_gpus"],
@@ -183,6 +173,24 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         reference,
         placement,
         tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code),
+    )
+
+
+def train_settings(cfg: DictConfig, lr: float, total_updates: int) -> TrainSettings:
+    """How the policy (and, with its own lr, the critic) is trained: learner.* fields of the config."""
+    learner = cfg.learner
+    return TrainSettings(
+        lr=lr,
+        weight_decay=learner.weight_decay,
+        warmup_steps=learner.warmup_steps,
+        total_steps=total_updates,
+        schedule=learner.schedule,
+        grad_clip=learner.grad_clip,
+        zero_stage=learner.zero_stage,
+        micro_batch_size=learner.micro_batch_size,
+        epochs=learner.ppo_epochs,
+        mini_batches=learner.mini_batches,
+        bf16=cfg.model.dtype == "bfloat16",
     )
 
 

@@ -31,7 +31,7 @@ from engine.batching import (
     shift_right,
     trajectory_row,
 )
-from engine.build import build_engine, free_port, init_distributed, load_checkpoint, save_checkpoint
+from engine.build import TrainSettings, build_engine, free_port, init_distributed, load_checkpoint, save_checkpoint
 from engine.process import prepare_process
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
@@ -68,23 +68,13 @@ class CriticWorker:
         self,
         *,
         model_dir: str,
+        train: TrainSettings,
+        value_clip: float | None,
+        loss_agg: str,
+        seed: int,
         critic_dir: str | None = None,
         backend: str = "gloo",
-        zero_stage: int = 2,
-        micro_batch_size: int = 16,
-        lr: float = 1e-4,
-        weight_decay: float = 0.0,
-        warmup_steps: int = 0,
-        total_steps: int = 1000,
-        schedule: str = "constant",
-        grad_clip: float = 1.0,
-        value_clip: float | None = 0.2,
-        loss_agg: str = "token",
-        ppo_epochs: int = 1,
-        mini_batches: int = 1,
-        seed: int = 0,
         threads: int = 1,
-        dtype: str = "float32",
         master_port: int | None = None,
         timeout_s: float = 600.0,
         deterministic: bool = False,
@@ -95,22 +85,8 @@ class CriticWorker:
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         torch.manual_seed(seed)
         init_distributed(0, 1, "127.0.0.1", master_port or free_port(), backend, timeout_s=timeout_s)
-        model = load_value_model(model_dir, critic_dir, trust_remote_code)
-        self.engine = build_engine(
-            model,
-            lr=lr,
-            weight_decay=weight_decay,
-            warmup_steps=warmup_steps,
-            total_steps=total_steps,
-            schedule=schedule,
-            zero_stage=zero_stage,
-            micro_batch_size=micro_batch_size,
-            grad_accum=1,
-            grad_clip=grad_clip,
-            bf16=dtype == "bfloat16",
-        )
-        self.micro_batch_size, self.value_clip, self.loss_agg = micro_batch_size, value_clip, loss_agg
-        self.ppo_epochs, self.mini_batches = ppo_epochs, mini_batches
+        self.engine = build_engine(load_value_model(model_dir, critic_dir, trust_remote_code), train)
+        self.train_settings, self.value_clip, self.loss_agg = train, value_clip, loss_agg
         if restore_dir and ray_restarted():
             self._restore_newest(restore_dir)
 
@@ -133,7 +109,10 @@ class CriticWorker:
         """[B, L] float32 V(s_t) per token position (see the module docstring); 0 on padding."""
         check_rows(batch)
         self.engine.eval()
-        out = [self._values(select(batch, s)) for s in micro_slices(batch_size(batch), self.micro_batch_size)]
+        out = [
+            self._values(select(batch, s))
+            for s in micro_slices(batch_size(batch), self.train_settings.micro_batch_size)
+        ]
         self.engine.train()
         return torch.cat(out)
 
@@ -155,8 +134,8 @@ class CriticWorker:
         old = batch["old_values"].float() if "old_values" in batch else self.values(batch)
         return epochs_of_updates(
             batch,
-            epochs=self.ppo_epochs,
-            mini_batches=self.mini_batches,
+            epochs=self.train_settings.epochs,
+            mini_batches=self.train_settings.mini_batches,
             keys=METRICS,
             update=lambda mini, rows: self._update(mini, old[rows]),
         )
@@ -181,7 +160,7 @@ class CriticWorker:
             return w_loss * loss, {"value_loss": w_loss * float(loss.detach()), **metrics}
 
         return accumulated_step(
-            self.engine, mini, micro_batch_size=self.micro_batch_size, units_fn=units_fn, loss_fn=loss_fn
+            self.engine, mini, micro_batch_size=self.train_settings.micro_batch_size, units_fn=units_fn, loss_fn=loss_fn
         )
 
     def save_checkpoint(self, ckpt_dir: str, client_state: dict | None = None) -> str:

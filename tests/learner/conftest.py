@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import pytest
@@ -9,6 +10,8 @@ import torch
 
 from algo.batch import collate
 from algo.trajectory import Trajectory
+from engine.build import TrainSettings
+from learner.objective import ObjectiveCoefs
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
@@ -82,21 +85,9 @@ def ray_local():
     ray.shutdown()
 
 
-def rank_kwargs(policy_dir: str, **over) -> dict:
-    """LearnerRank arguments for the tests (plain PPO, token aggregation, no KL/entropy/SFT)."""
+def coefs(**over) -> ObjectiveCoefs:
+    """Plain PPO: clip 0.2 both ways, token aggregation, no KL / entropy / SFT term (k3 when KL is on)."""
     kw = dict(
-        model_dir=policy_dir,
-        backend="gloo",
-        zero_stage=2,
-        micro_batch_size=4,
-        lr=1e-3,
-        weight_decay=0.0,
-        warmup_steps=0,
-        total_steps=100,
-        schedule="constant",
-        grad_clip=1.0,
-        ppo_epochs=1,
-        mini_batches=1,
         clip_low=0.2,
         clip_high=0.2,
         dual_clip=None,
@@ -105,6 +96,38 @@ def rank_kwargs(policy_dir: str, **over) -> dict:
         kl_coef=0.0,
         kl_estimator="k3",
         sft_coef=0.0,
+    )
+    return ObjectiveCoefs(**{**kw, **over})
+
+
+def train_settings(**over) -> TrainSettings:
+    """TrainSettings for the tests: constant lr 1e-3, ZeRO-2, micro-batches of 4, one update per batch."""
+    kw = dict(
+        lr=1e-3,
+        weight_decay=0.0,
+        warmup_steps=0,
+        total_steps=100,
+        schedule="constant",
+        grad_clip=1.0,
+        zero_stage=2,
+        micro_batch_size=4,
+        epochs=1,
+        mini_batches=1,
+        bf16=False,
+    )
+    return TrainSettings(**{**kw, **over})
+
+
+def rank_kwargs(policy_dir: str, **over) -> dict:
+    """LearnerRank arguments for the tests (plain PPO, token aggregation, no KL/entropy/SFT). `over` may
+    name TrainSettings and ObjectiveCoefs fields as well as LearnerRank arguments."""
+    train = {k: over.pop(k) for k in [f.name for f in dataclasses.fields(TrainSettings)] if k in over}
+    objective = {k: over.pop(k) for k in [f.name for f in dataclasses.fields(ObjectiveCoefs)] if k in over}
+    kw = dict(
+        model_dir=policy_dir,
+        backend="gloo",
+        train=train_settings(**train),
+        objective=coefs(**objective),
         seed=0,
         threads=1,
         timeout_s=300.0,

@@ -10,12 +10,12 @@ import math
 
 import pytest
 import torch
-from conftest import make_batch, rank_kwargs
+from conftest import coefs, make_batch, rank_kwargs
 
 from algo.batch import shift_logprobs
 from algo.fingerprint import fingerprints_match, weights_fingerprint
 from engine.batching import forward_logits
-from learner.objective import ObjectiveCoefs, micro_objective
+from learner.objective import micro_objective
 
 pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
 
@@ -57,16 +57,7 @@ def in_process_grad_norm(policy_dir: str, batch: dict) -> float:
     model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32)
     logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
     old = shift_logprobs(logits, batch["input_ids"]).detach()
-    c = ObjectiveCoefs(
-        clip_low=0.2,
-        clip_high=0.2,
-        dual_clip=None,
-        loss_agg="token",
-        entropy_coef=0.0,
-        kl_coef=0.0,
-        kl_estimator="k3",
-        sft_coef=0.0,
-    )
+    c = coefs()
     loss, _ = micro_objective(logits, batch, old, (1.0, 1.0, 1.0), c)
     loss.backward()
     return math.sqrt(sum(float((p.grad**2).sum()) for p in model.parameters()))

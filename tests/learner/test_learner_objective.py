@@ -7,25 +7,11 @@ import math
 
 import pytest
 import torch
+from conftest import coefs
 
-from learner.objective import ObjectiveCoefs, check_policy_batch, micro_objective, units
+from learner.objective import check_policy_batch, micro_objective, units
 
 LN2 = math.log(2.0)
-
-
-def coefs(**over) -> ObjectiveCoefs:
-    kw = dict(
-        clip_low=0.2,
-        clip_high=0.2,
-        dual_clip=None,
-        loss_agg="token",
-        entropy_coef=0.0,
-        kl_coef=0.0,
-        kl_estimator="k1",
-        sft_coef=0.0,
-    )
-    kw.update(over)
-    return ObjectiveCoefs(**kw)
 
 
 def hand_batch() -> dict:
@@ -52,7 +38,7 @@ def test_micro_objective_by_hand(agg, expected_policy):
     batch = hand_batch()
     logits = torch.zeros(1, 4, 2)
     old = torch.tensor([[0.0, math.log(0.5), math.log(0.5), math.log(0.5)]])
-    c = coefs(loss_agg=agg, kl_coef=0.1, entropy_coef=0.01, sft_coef=0.5)
+    c = coefs(loss_agg=agg, kl_coef=0.1, kl_estimator="k1", entropy_coef=0.01, sft_coef=0.5)
     loss, m = micro_objective(logits, batch, old, (1.0, 1.0, 1.0), c)
     assert m["policy_loss"] == pytest.approx(expected_policy)
     assert m["entropy"] == pytest.approx(LN2)

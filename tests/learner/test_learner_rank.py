@@ -22,7 +22,7 @@ def rank(policy_dir):
         master_port=free_port(),
         **rank_kwargs(
             policy_dir,
-            ppo_epochs=2,
+            epochs=2,
             mini_batches=2,
             micro_batch_size=3,
             warmup_steps=4,

@@ -7,9 +7,31 @@ import os
 import pytest
 import torch
 
+from engine.build import TrainSettings
+
 pytestmark = pytest.mark.heavy  # Ray, vLLM or DeepSpeed: left out of `make test-fast`
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def train_settings(lr: float = 1e-3) -> TrainSettings:
+    return TrainSettings(
+        lr=lr,
+        weight_decay=0.0,
+        warmup_steps=0,
+        total_steps=100,
+        schedule="constant",
+        grad_clip=1.0,
+        zero_stage=2,
+        micro_batch_size=4,
+        epochs=1,
+        mini_batches=1,
+        bf16=False,
+    )
+
+
+# CriticWorker arguments besides the model directories
+CRITIC = dict(train=train_settings(), value_clip=0.2, loss_agg="token", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -45,16 +67,7 @@ def batch(B: int = 6, L: int = 20, prompt: int = 5, seed: int = 0) -> dict:
 def critic(policy_dir):
     from workers.critic import CriticWorker
 
-    return CriticWorker(
-        model_dir=policy_dir,
-        micro_batch_size=4,
-        lr=3e-3,
-        value_clip=None,
-        loss_agg="token",
-        zero_stage=2,
-        total_steps=100,
-        seed=0,
-    )
+    return CriticWorker(model_dir=policy_dir, train=train_settings(lr=3e-3), value_clip=None, loss_agg="token", seed=0)
 
 
 def test_critic_values_shape_and_position_convention(critic):
@@ -100,14 +113,14 @@ def test_critic_from_a_critic_dir(policy_dir, tmp_path):
         {"model_dir": policy_dir, "critic_dir": str(tmp_path / "critic")},
         {"model_dir": str(tmp_path / "critic")},
     ):  # the orchestrator passes a critic as model_dir
-        v = CriticWorker(micro_batch_size=4, **kw).values(b)
+        v = CriticWorker(**kw, **CRITIC).values(b)
         # V at t is the head at t-1: 0.25 wherever a previous real token exists, 0 at t=0 and on padding.
         assert (v[:, 0] == 0).all() and (v[0, -3:] == 0).all()
         torch.testing.assert_close(v[1:, 1:], torch.full_like(v[1:, 1:], 0.25))
     with pytest.raises(ValueError, match="token-classification"):
-        CriticWorker(model_dir=policy_dir, critic_dir=policy_dir)
+        CriticWorker(model_dir=policy_dir, critic_dir=policy_dir, **CRITIC)
     # per-trajectory streaming: the response positions of the one-row batch
-    c = CriticWorker(model_dir=str(tmp_path / "critic"))
+    c = CriticWorker(model_dir=str(tmp_path / "critic"), **CRITIC)
     c.engine.module.score.weight.data.normal_(0, 0.1)
     traj = Trajectory(
         uid="u",
