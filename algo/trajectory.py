@@ -22,9 +22,10 @@ class Trajectory:
     behavior_logprobs: list[float]  # behaviour log-prob of each response token
     finish_reason: str  # "stop" (eos / stop string) or "length" (truncated)
     step_spans: list[tuple[int, int]]  # [start, end) token ranges in response_ids, one per step
-    prompt_text: str = ""
+    prompt_text: str = ""  # the text the policy was prompted with (chat template included)
     response_text: str = ""
     answer: str = ""  # gold answer the outcome verifier checks against
+    question: str = ""  # the question as written, before any chat template (the PRM's input); "" = prompt_text
     step_rewards: list[float] | None = None  # one per step, filled by the reward worker
     outcome_reward: float | None = None
     sample_valid: bool = True  # False when a reward source failed: the sample is masked, not zeroed
@@ -43,4 +44,5 @@ class PromptRequest:
     group_id: int  # index of the prompt in its step: part of every sample's seed
     text: str
     answer: str = ""  # gold answer (for the outcome verifier)
+    question: str = ""  # the question before any chat template, passed on to the reward sources; "" = text
     samples: tuple[int, ...] | None = None  # sample indices to draw; None: 0..n-1 (a re-issue asks for fewer)

@@ -36,6 +36,12 @@ def check_rows(batch: dict) -> int:
     return B
 
 
+def to_device(batch: dict, device) -> dict:
+    """Every tensor of the batch on `device` (a no-op for tensors already there). Batches arrive through
+    Ray on the CPU; a role moves them to its model's device before any forward or collective."""
+    return {key: value.to(device) for key, value in batch.items()}
+
+
 def select(batch: dict, rows) -> dict:
     """The sub-batch of `rows` (a slice or an index tensor) of every tensor."""
     return {key: value[rows] for key, value in batch.items()}
@@ -114,10 +120,13 @@ def micro_weight(units: Tensor, global_units: Tensor) -> float:
     return float(units) / g if g > 0 else 0.0
 
 
-def all_reduce_sum(x: Tensor) -> Tensor:
-    """Sum over the ranks of the default torch.distributed world (identity without one)."""
+def all_reduce_sum(x: Tensor, device=None) -> Tensor:
+    """Sum over the ranks of the default torch.distributed world (identity without one), computed on
+    `device` (default: x's own) and returned there. NCCL reduces only CUDA tensors, so DeepSpeed callers
+    pass the engine's device."""
     import torch.distributed as dist
 
+    x = x if device is None else x.to(device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         x = x.clone()
         dist.all_reduce(x, op=dist.ReduceOp.SUM)
@@ -139,7 +148,7 @@ def accumulated_step(engine, mini: dict, *, micro_batch_size: int, units_fn, los
     world = engine.dp_world_size
     slices = micro_slices(batch_size(mini), micro_batch_size)
     local = torch.stack([units_fn(select(mini, s)) for s in slices])  # [n_micro, k]
-    total = all_reduce_sum(local.sum(0))
+    total = all_reduce_sum(local.sum(0), engine.device)
     engine.set_train_batch_size(micro_batch_size * len(slices) * world)  # bookkeeping only
     sums: dict[str, float] = {}
     for i, s in enumerate(slices):
@@ -154,7 +163,7 @@ def accumulated_step(engine, mini: dict, *, micro_batch_size: int, units_fn, los
     engine.step()
     norm = engine.get_global_grad_norm()
     keys = sorted(sums)
-    reduced = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64)).tolist()
+    reduced = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64), engine.device).tolist()
     return dict(zip(keys, reduced, strict=True)), float("nan") if norm is None else float(norm), lr
 
 

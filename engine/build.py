@@ -6,13 +6,16 @@ Parameter Models") with a plain torch AdamW passed in as the client optimizer: D
 would need a C++ build on these machines, and `zero_allow_untested_optimizer` lets ZeRO wrap torch's.
 
 Measured on our 2-core CPU machine: DeepSpeed 0.19.8 with DS_ACCELERATOR=cpu and the gloo backend runs
-ZeRO-2 and ZeRO-3 on 2 ranks. Each rank is one process (a Ray actor) with one thread.
+ZeRO-2 and ZeRO-3 on 2 ranks, in float32 and in bf16 (an AMD EPYC with AVX-512 bf16; see
+engine.process.role_dtype for the CPUs that can). Each rank is one process (a Ray actor) with one thread.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -170,16 +173,70 @@ class TrainSettings:
     bf16: bool
 
 
-def build_engine(model: torch.nn.Module, train: TrainSettings):
-    """Wrap `model` in a DeepSpeed engine with torch AdamW and a warm-up + constant/cosine LambdaLR.
-
-    Call init_distributed first. The scheduler steps once per optimizer update (DeepSpeed steps it).
-    """
-    import deepspeed
+def engine_config(train: TrainSettings) -> dict:
+    """The DeepSpeed config of an engine of `train` in the current world (after init_distributed)."""
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        raise RuntimeError("build_engine: call init_distributed(...) before building a DeepSpeed engine")
+        raise RuntimeError("call init_distributed(...) before building a DeepSpeed model or engine")
+    return ds_config(
+        zero_stage=train.zero_stage,
+        micro_batch_size=train.micro_batch_size,
+        grad_accum=1,  # accumulated_step sets the accumulation boundary itself
+        grad_clip=train.grad_clip,
+        bf16=train.bf16,
+        world_size=dist.get_world_size(),
+    )
+
+
+@contextmanager
+def model_init_context(train: TrainSettings) -> Iterator[None]:
+    """Wrap the from_pretrained of a model that build_engine(model, train) will train.
+
+    Under ZeRO-3 each rank should only ever hold its partition of the weights; built the plain way, every
+    rank first materialises a whole fp32 copy (for a 1.5B policy, 6 GB per rank before any partitioning).
+    transformers builds the model inside deepspeed.zero.Init(config_dict_or_path=<this DeepSpeed config>)
+    and loads the checkpoint into the partitions while an HfDeepSpeedConfig of a ZeRO-3 config (here its
+    two members, _Zero3Config) is registered: so it is registered exactly as long as the construction (a bare
+    zero.Init around from_pretrained would leave transformers loading weights into empty partitions).
+    Other stages: nothing to do.
+    """
+    if train.zero_stage != 3:
+        yield
+        return
+    from transformers.integrations.deepspeed import set_hf_deepspeed_config, unset_hf_deepspeed_config
+
+    hf_config = _Zero3Config(engine_config(train))  # transformers keeps only a weak reference: hold it here
+    set_hf_deepspeed_config(hf_config)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()  # later loads in this process are plain again
+        del hf_config
+
+
+class _Zero3Config:
+    """What transformers reads of an HfDeepSpeedConfig while loading (is_zero3(), .config). Its own class
+    needs `accelerate`, a dependency for these two members only."""
+
+    def __init__(self, config: dict):
+        self.config = config
+
+    def is_zero3(self) -> bool:
+        return self.config["zero_optimization"]["stage"] == 3
+
+
+def build_engine(model: torch.nn.Module, train: TrainSettings, device: torch.device | None = None):
+    """Wrap `model` in a DeepSpeed engine with torch AdamW and a warm-up + constant/cosine LambdaLR.
+
+    Call init_distributed first. The scheduler steps once per optimizer update (DeepSpeed steps it).
+    DeepSpeed moves the model to its accelerator's device; with `device` (the role's, engine.process.
+    role_device) a disagreement -- e.g. a CPU role whose DeepSpeed found a GPU -- is an error here rather
+    than a device mismatch in the first forward.
+    """
+    import deepspeed
+
+    config = engine_config(train)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay, betas=(0.9, 0.999), eps=1e-8)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -188,14 +245,11 @@ def build_engine(model: torch.nn.Module, train: TrainSettings):
             step, warmup_steps=train.warmup_steps, total_steps=train.total_steps, schedule=train.schedule
         ),
     )
-    config = ds_config(
-        zero_stage=train.zero_stage,
-        micro_batch_size=train.micro_batch_size,
-        grad_accum=1,  # accumulated_step sets the accumulation boundary itself
-        grad_clip=train.grad_clip,
-        bf16=train.bf16,
-        world_size=dist.get_world_size(),
-    )
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config)
     engine.checkpoint_engine.load = _load_weights_only
+    if device is not None and torch.device(engine.device).type != device.type:
+        raise RuntimeError(
+            f"DeepSpeed placed the model on {engine.device} but this role runs on {device} "
+            "(DS_ACCELERATOR=cpu on CPU roles; a GPU role needs a GPU from Ray)"
+        )
     return engine

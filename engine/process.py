@@ -73,6 +73,50 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+# ---- where a role's model lives, and in which dtype ----
+
+
+def role_device(explicit: str | None = None) -> torch.device:
+    """The device of this process's model and of every tensor it computes with.
+
+    `explicit` wins (tests, tools). Otherwise a Ray actor that Ray gave a GPU uses it: Ray sets
+    CUDA_VISIBLE_DEVICES to the assigned GPU(s), so the first one is cuda:0 (the LOCAL_RANK 0 that
+    engine.build.init_distributed gives DeepSpeed). Everything else -- an actor without GPUs, a plain
+    process -- runs on the CPU: a process never picks a GPU Ray did not reserve for it.
+    Every role (learner ranks, critic, reference, reward) decides its device here and only here."""
+    if explicit is not None:
+        return torch.device(explicit)
+    if _ray_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def _ray_gpu_ids() -> list:
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:  # noqa: BLE001 - not inside a Ray worker: no GPU was assigned
+        return []
+
+
+def role_dtype(name: str, device: torch.device) -> torch.dtype:
+    """torch dtype of model.dtype (orchestrator.config.DTYPES), refused with a clear error where the
+    device has no kernels for it: bfloat16 needs an Ampere-or-newer GPU, or on CPU the AVX-512 / AMX /
+    Arm bf16 kernels torch reports through oneDNN (without them bf16 falls back to slow reference code).
+    Run on a CPU role before its model is built, so a bad combination fails at start-up, naming the device."""
+    dtype = getattr(torch, name)  # the names are orchestrator.config.DTYPES, checked by config validation
+    if dtype == torch.bfloat16:
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise RuntimeError(f"model.dtype=bfloat16: GPU {torch.cuda.get_device_name(device)} has no bf16 support")
+        if device.type == "cpu" and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            raise RuntimeError(
+                "model.dtype=bfloat16: this CPU has no bf16 kernels (needs AVX-512 or AMX on x86, or Arm bf16); "
+                f"torch reports capability {torch.backends.cpu.get_cpu_capability()}: use model.dtype=float32"
+            )
+    return dtype
+
+
 def save_rng(path: str) -> None:
     """Python, numpy and torch RNG states of this process as JSON (no pickle: a run's files are data)."""
     version, state, gauss = random.getstate()

@@ -17,6 +17,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 
 from engine.batching import shard
+from engine.build import free_port
 from engine.process import thread_env
 from learner.rank import LearnerRank
 
@@ -74,7 +75,9 @@ class LearnerGroup:
             raise ValueError(f"num_ranks must be >= 1, got {num_ranks}")
         _rank_kwargs_check(rank_kwargs)
         self.num_ranks, self.timeout_s = num_ranks, timeout_s
-        self.last_export: dict | None = None  # summary of the latest export_weights (tensors, bytes)
+        self.last_export: dict | None = None  # summary of the latest export_weights (tensors, bytes, hashes)
+        self.backend = rank_kwargs["backend"]  # also the collective weight sync's (gloo on CPU, nccl on GPU)
+        self._meta: list | None = None  # weights metadata of the collective sync (weight_channel)
         strategies = self._strategies(num_ranks, placement_group, bundle_indices, scheduling_strategy)
         node_id, addr, port = self.wait(
             [_rendezvous_address.options(scheduling_strategy=strategies[0]).remote()],
@@ -176,25 +179,40 @@ class LearnerGroup:
     def export_weights(self) -> ray.ObjectRef:
         """ObjectRef of rank 0's [(hf_name, cpu tensor), ...] for generators' load_weights.remote(version, ref).
         Every rank takes part (ZeRO-3 gathers). Only the small summaries are fetched here (they carry any
-        error), the weights stay in the object store."""
+        error), the weights stay in the object store; last_export["hashes"] are the tensors' hashes."""
         pairs = [r.export_weights.options(num_returns=2).remote() for r in self.ranks]
         self.last_export = self.wait([summary for summary, _ in pairs], "export_weights")[0]
         return pairs[0][1]
 
-    def open_weight_channel(
-        self, *, master_port: int, world_size: int, backend: str, device: str = "cpu"
-    ) -> ray.ObjectRef:
-        """GPU path (learner/weights.py): rank 0 hosts a BroadcastChannel of world_size members at
-        (rank 0's address, master_port). Returns the ref of the weights metadata without waiting: the
-        receivers must join (BroadcastChannel(rank=1..)) while this call is in flight."""
-        return self.ranks[0].open_weight_channel.remote(
-            self.master[0], master_port, world_size, backend, device, self.timeout_s
-        )
+    def weight_channel(self, world_size: int) -> dict:
+        """Plain-value arguments of one collective sync with world_size - 1 receivers (learner/weights.py):
+        rank 0's address and a port free on its host now, the backend (learner.backend) and the device
+        tensors travel on, the metadata of rank 0's weights and the deadline. The metadata is gathered
+        once (names, shapes and dtypes do not change during a run)."""
+        if self._meta is None:
+            self._meta = self._call_all("weights_meta", what="weights_meta (for the collective sync)")[0]
+        port = self.wait([self.ranks[0].__ray_call__.remote(lambda _rank: free_port())], "find a free port")[0]
+        return {
+            "master_addr": self.master[0],
+            "master_port": port,
+            "world_size": world_size,
+            "backend": self.backend,
+            "device": "cuda" if self.backend == "nccl" else "cpu",  # nccl moves CUDA tensors only
+            "meta": self._meta,
+            "timeout_s": self.timeout_s,
+        }
 
-    def send_weights(self) -> list:
-        """Start the broadcast on every rank (ZeRO-3 gathers); the caller waits on these refs together
-        with its receivers' (a broadcast completes only when both sides take part)."""
-        return [r.send_weights.remote() for r in self.ranks]
+    def send_weights(self, channel: dict) -> list:
+        """Start the broadcast of `channel` (from weight_channel) on every rank (ZeRO-3 gathers) without
+        waiting: a broadcast completes only when the receivers take part, so the caller starts them too
+        and waits on all the refs together. Rank 0's ref holds {"tensors", "send_s", "hashes"}."""
+        c = channel
+        return [
+            r.send_weights.remote(
+                c["master_addr"], c["master_port"], c["world_size"], c["backend"], c["meta"], c["timeout_s"]
+            )
+            for r in self.ranks
+        ]
 
     def fingerprint(self) -> dict:
         """Weights fingerprint of rank 0, after checking that every rank holds the same weights."""

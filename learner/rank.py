@@ -15,12 +15,13 @@ because the number of micro-batches may change from one step to the next.
 from __future__ import annotations
 
 import shutil
+import time
 from pathlib import Path
 
 import torch
 
 from algo.batch import shift_logprobs, valid_token_mask
-from algo.fingerprint import weights_fingerprint
+from algo.fingerprint import tensor_hashes, weights_fingerprint
 from engine.batching import (
     accumulated_step,
     all_reduce_sum,
@@ -29,11 +30,20 @@ from engine.batching import (
     epochs_of_updates,
     forward_logits,
     micro_slices,
+    to_device,
 )
-from engine.build import TrainSettings, build_engine, init_distributed, load_checkpoint, save_checkpoint
-from engine.process import prepare_process, seed_everything
+from engine.broadcast import BroadcastChannel, check_meta, weights_meta
+from engine.build import (
+    TrainSettings,
+    build_engine,
+    init_distributed,
+    load_checkpoint,
+    model_init_context,
+    save_checkpoint,
+)
+from engine.process import prepare_process, role_device, role_dtype, seed_everything
 from learner.objective import ObjectiveCoefs, check_policy_batch, micro_objective, units
-from learner.weights import BroadcastChannel, weights_summary
+from learner.weights import weights_summary
 
 METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_frac", "approx_kl", "sft_nll")
 WEIGHT_FILES = (".safetensors", ".bin", ".pt", ".pth", ".safetensors.index.json", ".bin.index.json")
@@ -57,26 +67,39 @@ class LearnerRank:
         deterministic: bool = False,
         trust_remote_code: bool = False,
         log_file: str | None = None,
+        device: str | None = None,
     ):
+        """device: where the model and batches live; None = the GPU Ray gave this actor, else the CPU."""
         from transformers import AutoModelForCausalLM
 
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         seed_everything(seed)
         self.rank, self.world_size, self.model_dir = rank, world_size, str(model_dir)
         self.train_settings, self.coefs = train, objective
+        self.device = role_device(device)
+        # The dtype the generators run in (model.dtype, as TrainSettings.bf16): DeepSpeed's bf16 mode trains
+        # a bf16 copy of the model with fp32 master weights in the optimizer; weights leave in this dtype.
+        self.weights_dtype = role_dtype("bfloat16" if train.bf16 else "float32", self.device)
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)  # NCCL and DeepSpeed use the current device
         init_distributed(rank, world_size, master_addr, master_port, backend, timeout_s=timeout_s)
-        model = AutoModelForCausalLM.from_pretrained(
-            self.model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
-        )
-        self.engine = build_engine(model, train)
+        with model_init_context(train):  # ZeRO-3: built already partitioned (engine/build.py)
+            model = AutoModelForCausalLM.from_pretrained(
+                self.model_dir, dtype=torch.float32, trust_remote_code=trust_remote_code
+            )
+        self.engine = build_engine(model, train, self.device)
         self.zero3 = train.zero_stage == 3
 
     # ---- training ----
 
-    @torch.no_grad()
     def logprobs(self, batch: dict) -> torch.Tensor:
-        """[B, L] log-probs of the batch under the current weights (0 at position 0)."""
+        """[B, L] float32 log-probs of the batch under the current weights (0 at position 0), on the CPU."""
         check_rows(batch)
+        return self._logprobs(to_device(batch, self.device)).cpu()
+
+    @torch.no_grad()
+    def _logprobs(self, batch: dict) -> torch.Tensor:
+        """logprobs() of a batch already on self.device, left there."""
         self.engine.eval()
         out = []
         for s in micro_slices(batch_size(batch), self.train_settings.micro_batch_size):
@@ -89,10 +112,11 @@ class LearnerRank:
         """PPO on this rank's shard; returns global (all-rank) metrics as floats."""
         check_rows(batch)
         check_policy_batch(batch, self.coefs)
-        old = self.logprobs(batch)
+        batch = to_device(batch, self.device)
+        old = self._logprobs(batch)
         mask = valid_token_mask(batch)
         gap = torch.stack([((old - batch["behavior_logprobs"].float()).abs() * mask).sum(), mask.sum()])
-        gap = all_reduce_sum(gap)
+        gap = all_reduce_sum(gap, self.device)
         metrics = epochs_of_updates(
             batch,
             epochs=self.train_settings.epochs,
@@ -123,54 +147,60 @@ class LearnerRank:
     def named_weights(self) -> list[tuple[str, torch.Tensor]]:
         """Full HF-named weights (Qwen2ForCausalLM.named_parameters() names) as CPU tensors on rank 0;
         [] on other ranks. Under ZeRO-3 every rank must call it (parameters are gathered one by one,
-        so the peak extra memory is one tensor, not the model)."""
+        so the peak extra memory is one tensor, not the model). They leave in the generators' dtype
+        (model.dtype): a no-op cast while the trained copy is already in it (DeepSpeed bf16 keeps the fp32
+        master weights in the optimizer), and the guarantee that nothing else is ever sent or hashed."""
         import deepspeed
 
         out = []
         for name, p in self.engine.module.named_parameters():
             with deepspeed.zero.GatheredParameters([p], enabled=self.zero3):
                 if self.rank == 0:
-                    out.append((name, p.detach().to("cpu", copy=True)))
+                    out.append((name, p.detach().to("cpu", dtype=self.weights_dtype, copy=True)))
         return out
 
     def export_weights(self) -> tuple[dict, list[tuple[str, torch.Tensor]]]:
         """(summary, named_weights()): called with num_returns=2 so the driver can fetch the small
-        summary (and any error) while the weights stay in the object store."""
+        summary (and any error) while the weights stay in the object store. Rank 0's summary carries
+        "hashes", tensor_hashes of exactly these tensors (what each generator's read-back must equal)."""
         named = self.named_weights()
-        return {"rank": self.rank, **weights_summary(named)}, named
+        return {"rank": self.rank, **weights_summary(named), "hashes": tensor_hashes(named)}, named
 
-    def open_weight_channel(
-        self,
-        master_addr: str,
-        master_port: int,
-        world_size: int,
-        backend: str,
-        device: str = "cpu",
-        timeout_s: float = 600.0,
-    ) -> list:
-        """Rank 0 joins a BroadcastChannel as its sender (GPU path, learner/weights.py); returns the
-        weights metadata receivers need. Other ranks return []."""
+    def weights_meta(self) -> list:
+        """(name, shape, dtype) of each tensor named_weights() returns, in its order, on rank 0 ([] on
+        the others): what broadcast receivers allocate. Every rank calls it (ZeRO-3 gathers)."""
+        return weights_meta(self.named_weights())
+
+    def send_weights(
+        self, master_addr: str, master_port: int, world_size: int, backend: str, meta: list, timeout_s: float
+    ) -> dict:
+        """The collective sync (learner/weights.py): every rank calls it (ZeRO-3 gathers); rank 0 hosts a
+        BroadcastChannel of world_size members at master_addr:master_port and broadcasts the weights,
+        which must match `meta` (what the receivers allocated). Returns rank 0's {"tensors", "send_s",
+        "hashes"} (send_s: channel set-up, gather, hashing and broadcast; hashes of exactly the tensors
+        sent), {} on the other ranks."""
         if self.rank != 0:
-            return []
-        self.channel = BroadcastChannel(
+            self.named_weights()  # takes part in ZeRO-3's gathers
+            return {}
+        start = time.perf_counter()
+        # The store first: receivers that try to connect before it listens back off for ~0.5 s.
+        channel = BroadcastChannel(
             master_addr=master_addr,
             master_port=master_port,
             rank=0,
             world_size=world_size,
             backend=backend,
-            device=device,
+            device=str(self.device),
             timeout_s=timeout_s,
         )
-        # ZeRO-3 keeps the full shape of a partitioned parameter in ds_shape.
-        return [
-            (n, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-            for n, p in self.engine.module.named_parameters()
-        ]
-
-    def send_weights(self) -> int:
-        """Broadcast the weights over the channel (every rank calls it: ZeRO-3 gathers); returns count."""
-        named = self.named_weights()
-        return self.channel.send(named) if self.rank == 0 else 0
+        try:
+            named = self.named_weights()
+            check_meta(named, meta)  # on error, closing the channel fails the receivers too
+            hashes = tensor_hashes(named)
+            count = channel.send(named)
+        finally:
+            channel.close()
+        return {"tensors": count, "send_s": time.perf_counter() - start, "hashes": hashes}
 
     def fingerprint(self) -> dict:
         """Fingerprint of this rank's full weights (a collective under ZeRO-3: call on every rank)."""

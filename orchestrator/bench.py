@@ -15,9 +15,8 @@ import time
 import ray
 from omegaconf import DictConfig
 
-from algo.trajectory import PromptRequest
 from engine.process import prepare_process
-from orchestrator.data import step_problems, task_from_config
+from orchestrator.data import prompt_requests, step_problems, task_from_config
 from orchestrator.roles import start_roles
 from orchestrator.rundir import atomic_write_text, jsonable, open_run_dir
 from orchestrator.runtime import init_ray
@@ -30,6 +29,8 @@ KEYS = (
     "timing/sync_s",
     "timing/step_s",
     "sync/load_s",
+    "sync/send_s",
+    "sync/total_s",
     "perf/tokens_per_s",
     "stream/scored_during_generation",
 )
@@ -56,10 +57,7 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
     steps, version = [], 0
     try:
         for step in range(1, cfg.train.steps + 1):
-            requests = [
-                PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
-                for g, p in enumerate(step_problems(cfg, task, step - 1))
-            ]
+            requests = prompt_requests(task, step_problems(cfg, task, step - 1))
             m, _ = train_step(roles, settings(cfg, roles, step), requests, version)
             version = m.get("policy_version", version)
             steps.append({k: m[k] for k in KEYS if k in m})
@@ -74,6 +72,7 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
         "samples_per_step": cfg.rollout.prompts_per_step * cfg.rollout.group_size,
         "learner_ranks": cfg.learner.num_ranks,
         "zero_stage": cfg.learner.zero_stage,
+        "sync_method": cfg.sync.method,  # timing/sync_s and sync/* depend on it: bench each method
         "ray_init_s": t_ray - t0,
         "roles_start_s": t_roles - t_ray,
         "median": {k: statistics.median(s[k] for s in measured) for k in KEYS if k in measured[0]},
@@ -82,6 +81,7 @@ def run_bench(cfg: DictConfig, args=None) -> dict:
     }
     out = (args.out if args and args.out else None) or os.path.join(run_dir, "bench.json")
     atomic_write_text(out, json.dumps(jsonable(result), indent=1) + "\n")
+    print(f"sync.method={cfg.sync.method}")
     print(json.dumps(jsonable(result["median"]), indent=1))
     print(f"bench: {out}")
     return {"bench": out, **result["median"]}

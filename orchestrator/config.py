@@ -12,10 +12,13 @@ from typing import Any, Optional
 
 from algo import registry
 from algo.schedules import SCHEDULES
+from tasks.chat import CHAT_TEMPLATES
 
 # The actor roles of a run (cluster.roles.<role>), and the dtypes every role can run in.
 ROLES = ("generator", "reward", "critic", "reference", "learner")
 DTYPES = ("float32", "bfloat16")
+# How new weights reach the generators (learner/weights.py).
+SYNC_METHODS = ("object_store", "collective")
 
 
 def _names(names) -> str:
@@ -48,6 +51,11 @@ class TaskConfig:
     train_path: Optional[str] = f(None, "JSONL file of training prompts (kind=jsonl)")
     eval_path: Optional[str] = f(None, "JSONL file of held-out prompts (kind=jsonl)")
     skip_bad_rows: bool = f(False, "skip (and count) malformed JSONL rows instead of failing")
+    chat_template: str = f(
+        "none",
+        f"template around each JSONL prompt: {_names(CHAT_TEMPLATES)} ('model': the policy tokenizer's chat "
+        "template, one user message + generation prompt; use it for Instruct / chat models)",
+    )
 
 
 @dataclass
@@ -159,6 +167,15 @@ class LearnerConfig:
 
 
 @dataclass
+class SyncConfig:
+    method: str = f(
+        "object_store",
+        f"how new weights reach the generators: {_names(SYNC_METHODS)} (object_store: Ray's object store; "
+        "collective: broadcast from learner rank 0 over learner.backend)",
+    )
+
+
+@dataclass
 class EvalConfig:
     num_problems: int = f(200, "held-out problems per evaluation")
     k: int = f(4, "samples per problem for pass@k")
@@ -213,6 +230,7 @@ class ExperimentConfig:
     reward: RewardConfig = f(RewardConfig, "reward sources and transform")
     algo: AlgoConfig = f(AlgoConfig, "estimator and losses")
     learner: LearnerConfig = f(LearnerConfig, "DeepSpeed learner group")
+    sync: SyncConfig = f(SyncConfig, "weight sync from the learner to the generators")
     eval: EvalConfig = f(EvalConfig, "held-out evaluation")
     train: TrainConfig = f(TrainConfig, "the RL loop")
     cluster: ClusterConfig = f(ClusterConfig, "Ray cluster and placement")

@@ -25,6 +25,17 @@ def task_from_config(cfg: DictConfig):
     )
 
 
+def prompt_requests(task, problems: list) -> list:
+    """One PromptRequest per problem (group_id = its index): the policy's prompt (chat template included,
+    task.prompt_text), the gold answer, and the question as written (task.question_text) for the PRM."""
+    from algo.trajectory import PromptRequest
+
+    return [
+        PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer), question=task.question_text(p))
+        for g, p in enumerate(problems)
+    ]
+
+
 def step_problems(cfg: DictConfig, task, position: int) -> list:
     """The prompts of the step at data position `position` (0-based)."""
     return task.sample(cfg.rollout.prompts_per_step, "train", seed=cfg.seed * 1_000_003 + position)

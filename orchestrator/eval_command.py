@@ -26,6 +26,7 @@ def run_eval_command(cfg: DictConfig, args=None) -> dict:
         temperature=cfg.eval.temperature,
         max_new_tokens=cfg.rollout.max_new_tokens,
         seed=cfg.seed,
+        prompt_fn=task.prompt_text,  # the prompts training used (task.chat_template included)
     )
     metrics.update({"policy": os.path.abspath(cfg.model.policy), "time_s": time.time() - t0})
     print_eval_table(metrics, title=f"steprl eval: {cfg.model.policy}")

@@ -1,7 +1,7 @@
 """The generator replicas as one pool that survives a dead replica.
 
 A replica that dies (its process killed, its node lost) is replaced by a new actor in the same placement
-bundle; the new actor loads the current weight version (and its checksum is compared) before it serves,
+bundle; the new actor loads the current weight version (and its hashes are compared) before it serves,
 and the samples the dead replica still owed are re-issued to it. Every sample is keyed by (group_id,
 sample index): the pool yields each requested key exactly once, so nothing is lost or counted twice.
 A sample's seed depends only on its key (workers/generator.py), so a re-issued sample is drawn with the
@@ -14,12 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ray
 
-from algo.fingerprint import RTOL, fingerprint_rel_diff
+from algo.fingerprint import hash_mismatches
 from algo.trajectory import PromptRequest, Trajectory
 from orchestrator.runtime import RoleError, ray_get
 
@@ -29,11 +29,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Published:
-    """The newest weights the generators must hold: version, weights ObjectRef, learner fingerprint."""
+    """The newest weights the generators must hold: their version, the per-tensor hashes of what the learner
+    sent (algo.fingerprint.tensor_hashes), and the ObjectRef of the weights, or, after a collective sync
+    (which leaves no copy in the object store), `export` to make one if a replacement needs it."""
 
     version: int
-    weights_ref: object
-    fingerprint: dict
+    hashes: dict[str, str]
+    weights_ref: object = None
+    export: Callable[[], object] | None = None
+
+    def ref(self) -> object:
+        """The weights' ObjectRef, exported on first use after a collective sync."""
+        if self.weights_ref is None:
+            if self.export is None:
+                raise RuntimeError(f"version {self.version}: neither a weights ObjectRef nor an export")
+            self.weights_ref = self.export()
+        return self.weights_ref
 
 
 class GeneratorPool:
@@ -51,31 +62,54 @@ class GeneratorPool:
 
     # ------------------------------------------------------------------------------------ weights --
     def load_weights(self, published: Published) -> dict:
-        """Every replica loads `published`; a replica found dead is replaced (and so loads it too)."""
+        """object_store sync: every replica loads `published`; a replica found dead is replaced (and so
+        loads it too). Raises unless every replica's read-back hashes equal the published ones."""
         self.published = published
-        refs = [a.load_weights.remote(published.version, published.weights_ref) for a in self.actors]
+        refs = [a.load_weights.remote(published.version, published.ref()) for a in self.actors]
         results = []
         for i, ref in enumerate(refs):
             try:
                 results.append(get_alive(ref, "load_weights", self.timeout_s))
             except ActorGone as e:
                 results.append(self.replace(i, e))
+        for i, r in enumerate(results):
+            self._check(i, r)
+        return {"sync/load_s": max(r["load_s"] for r in results), "sync/mismatched_tensors": 0}
+
+    def receive_weights(
+        self, version: int, channel: dict, send: Callable[[], list], export: Callable[[], object]
+    ) -> dict:
+        """collective sync: every replica joins `channel` (rank 1 + its index) and receives the broadcast
+        that send() starts on the learner; the receivers and the sender are started together (a broadcast
+        needs both sides) and waited on with one deadline. Raises unless every replica's read-back hashes
+        equal the hashes of what learner rank 0 sent. A replica that dies during the broadcast breaks it
+        for every member, so that stops the run (RoleError naming it); one that dies later is replaced and
+        loads the weights through the object store (Published.export), as the collective group is gone."""
+        if channel["world_size"] != len(self.actors) + 1:
+            raise ValueError(f"channel of {channel['world_size']} members for {len(self.actors)} generators + sender")
+        args = {k: channel[k] for k in ("master_addr", "master_port", "world_size", "meta", "backend", "device")}
+        senders = send()  # first: its rank 0 hosts the store the receivers connect to
+        receivers = [
+            a.receive_weights.remote(version, rank=i + 1, timeout_s=channel["timeout_s"], **args)
+            for i, a in enumerate(self.actors)
+        ]
+        names = [f"learner rank {r}" for r in range(len(senders))] + [f"generator {i}" for i in range(len(receivers))]
+        done = wait_all(senders + receivers, names, "receive_weights (collective sync)", self.timeout_s)
+        sent, results = done[0], done[len(senders) :]
+        self.published = Published(version, sent["hashes"], export=export)
+        for i, r in enumerate(results):
+            self._check(i, r)
         return {
             "sync/load_s": max(r["load_s"] for r in results),
-            "sync/fingerprint_rel_diff": max(self._check(i, r) for i, r in enumerate(results)),
+            "sync/send_s": sent["send_s"],
+            "sync/mismatched_tensors": 0,
         }
 
-    def _check(self, i: int, loaded: dict) -> float:
+    def _check(self, i: int, loaded: dict) -> None:
         published = self.published
         if published is None:  # callers publish first: load_weights sets it, replace checks it
-            raise RuntimeError(f"generator {i}: no published weights to check its checksum against")
-        diff = fingerprint_rel_diff(loaded["fingerprint"], published.fingerprint)
-        if diff > RTOL:
-            raise RoleError(
-                f"generator {i} weight checksum {loaded['fingerprint']} != learner "
-                f"{published.fingerprint} after loading version {published.version}"
-            )
-        return diff
+            raise RuntimeError(f"generator {i}: no published weights to check its hashes against")
+        check_loaded(i, published.version, published.hashes, loaded["hashes"])
 
     def replace(self, i: int, cause: Exception) -> dict:
         """A new actor for replica i, holding the published weights; returns its load_weights result."""
@@ -95,11 +129,11 @@ class GeneratorPool:
         self.actors[i] = actor = self.make(i)
         ray_get(actor.__ray_ready__.remote(), "generator", f"__init__ (replacement of replica {i})", self.timeout_s)
         if self.published is None:
-            return {"load_s": 0.0, "fingerprint": None}
+            return {"load_s": 0.0, "hashes": {}}
         p = self.published
-        loaded = ray_get(
-            actor.load_weights.remote(p.version, p.weights_ref), "generator", "load_weights", self.timeout_s
-        )
+        # Through the object store whatever the sync method: a collective group is made for one sync and
+        # its members, and a new actor should not stall the others (it loads while they sample).
+        loaded = ray_get(actor.load_weights.remote(p.version, p.ref()), "generator", "load_weights", self.timeout_s)
         self._check(i, loaded)
         return loaded
 
@@ -177,5 +211,35 @@ def get_alive(ref, what: str, timeout_s: float):
         raise RoleError(f"generator.{what} failed: {e}") from e
 
 
+def check_loaded(replica: int, version: int, sent: dict[str, str], loaded: dict[str, str]) -> None:
+    """Raise naming the replica, the version and up to 5 tensors whose read-back hash differs from the
+    hash of what the learner sent (or that either side lacks)."""
+    bad = hash_mismatches(sent, loaded)
+    if bad:
+        raise RoleError(
+            f"generator {replica} holds different weights than the learner sent for version {version}: "
+            f"{len(bad)} of {len(sent)} tensors mismatched or missing, e.g. {bad[:5]}"
+        )
+
+
+def wait_all(refs: list, names: list[str], what: str, timeout_s: float) -> list:
+    """ray.get of every ref under one deadline, collected as they finish, so the first failure is reported
+    at once (a broadcast with a failed member would otherwise hold the others until the deadline)."""
+    deadline, out = time.monotonic() + timeout_s, [None] * len(refs)
+    pending = {ref: i for i, ref in enumerate(refs)}
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
+        if not ready:
+            late = ", ".join(names[i] for i in sorted(pending.values()))
+            raise RoleError(f"{late}: {what} did not finish within {timeout_s:.0f} s (train.timeout_s)")
+        for ref in ready:
+            i = pending.pop(ref)
+            try:
+                out[i] = ray.get(ref, timeout=max(1.0, deadline - time.monotonic()))
+            except ray.exceptions.RayError as e:
+                raise RoleError(f"{names[i]}: {what} failed: {e}") from e
+    return out
+
+
 def _subset(req: PromptRequest, samples: list[int]) -> PromptRequest:
-    return PromptRequest(req.prompt_id, req.group_id, req.text, req.answer, samples=tuple(samples))
+    return replace(req, samples=tuple(samples))  # every other field (question, ...) carried over

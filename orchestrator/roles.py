@@ -102,6 +102,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         task_kind=cfg.task.kind,
         modulus=cfg.task.modulus,
         step_delimiter=r.step_delimiter,
+        dtype=cfg.model.dtype,  # of a prm source's model
         log_file=log("reward"),
         **common,
     )
@@ -190,6 +191,8 @@ def train_settings(cfg: DictConfig, lr: float, total_updates: int) -> TrainSetti
         micro_batch_size=learner.micro_batch_size,
         epochs=learner.ppo_epochs,
         mini_batches=learner.mini_batches,
+        # model.dtype reaches the learner ranks and the critic here: DeepSpeed bf16 (fp32 master weights), and
+        # the learner exports weights in it (LearnerRank.named_weights) for generators running model.dtype.
         bf16=cfg.model.dtype == "bfloat16",
     )
 

@@ -1,7 +1,7 @@
 """One RL train step: each line of train_step is one arrow of the dataflow.
 
 prompts -> generate (streamed) -> reward / critic / reference scoring -> advantages -> learner update
-        -> publish weights (version + 1) -> generators load them, checksums compared
+        -> publish weights (version + 1) -> generators load them, per-tensor hashes compared
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from algo.batch import add_response_values, batch_advantages, collate, correct_response_mask
 from algo.trajectory import PromptRequest
+from orchestrator.config import SYNC_METHODS
 from orchestrator.generators import Published
 from orchestrator.metrics import rollout_stats
 from orchestrator.rollout import stream_rollouts
@@ -32,6 +33,7 @@ class StepSettings:
     train_policy: bool  # False during critic warm-up
     pad_id: int
     timeout_s: float
+    sync_method: str = "object_store"  # sync.method
 
 
 def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: int) -> tuple[dict, list]:
@@ -66,7 +68,7 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
         metrics.update(ray_get(roles.critic.train_step.remote(batch), "critic", "train_step", s.timeout_s))
     t_sync = time.time()
     if s.train_policy:
-        metrics.update(publish_weights(roles, version + 1, s.timeout_s))
+        metrics.update(publish_weights(roles, version + 1, s.timeout_s, s.sync_method))
     end = time.time()
     metrics.update(rollout.timing)
     metrics.update(rollout_stats(rollout.trajectories))
@@ -87,10 +89,19 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
     return metrics, rollout.trajectories
 
 
-def publish_weights(roles, version: int, timeout_s: float) -> dict:
-    """Learner publishes `version`; every generator loads it with generation paused; checksums must match
+def publish_weights(roles, version: int, timeout_s: float, method: str = "object_store") -> dict:
+    """Learner publishes `version` by `method` (sync.method); every generator loads it with generation
+    paused; the hashes of every generator's read-back weights must equal those of what the learner sent
     (a dead generator is replaced by one that loads it)."""
     t0 = time.time()
-    published = Published(version, roles.learner.export_weights(), roles.learner.fingerprint())
-    metrics = roles.generators.load_weights(published)
+    learner, pool = roles.learner, roles.generators
+    learner.fingerprint()  # raises unless every learner rank holds rank 0's weights (what is sent)
+    if method == "collective":
+        channel = learner.weight_channel(world_size=1 + len(pool.actors))
+        metrics = pool.receive_weights(version, channel, lambda: learner.send_weights(channel), learner.export_weights)
+    elif method == "object_store":
+        ref = learner.export_weights()
+        metrics = pool.load_weights(Published(version, learner.last_export["hashes"], ref))
+    else:
+        raise ValueError(f"sync.method {method!r}: expected one of {', '.join(SYNC_METHODS)}")
     return {"policy_version": version, **metrics, "sync/total_s": time.time() - t0}

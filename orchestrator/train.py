@@ -26,7 +26,7 @@ from algo.trajectory import PromptRequest
 from engine.process import prepare_process
 from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from orchestrator.config import ModelConfig
-from orchestrator.data import eval_problems, step_problems, task_from_config
+from orchestrator.data import eval_problems, prompt_requests, step_problems, task_from_config
 from orchestrator.metrics import MetricsLog, plot_curves, sample_records
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
 from orchestrator.rundir import logs_dir, open_run_dir, write_summary
@@ -74,13 +74,14 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
     ckpt = latest_checkpoint(run_dir) if cfg.resume else None
     if ckpt:
         state = load_checkpoint(ckpt, roles, timeout)
-        publish_weights(roles, state["version"], timeout)  # generators restart from the learner's weights
+        # generators restart from the learner's weights
+        publish_weights(roles, state["version"], timeout, cfg.sync.method)
         console.print(f"resumed from {ckpt} at step {state['step']}, version {state['version']}")
     resume_step = state["step"] if ckpt else None
     log = MetricsLog(run_dir, resume_from_step=resume_step)
     samples_log = MetricsLog(run_dir, resume_from_step=resume_step, name="samples.jsonl", tensorboard=False)
     problems = eval_problems(cfg, task)
-    before = state.get("eval_before") or evaluate(cfg, roles, problems)
+    before = state.get("eval_before") or evaluate(cfg, roles, problems, task.prompt_text)
     state["eval_before"] = before
     if not ckpt:
         log.log({"step": 0, "policy_version": 0, "samples": 0, **before})
@@ -97,10 +98,7 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
         masked_streak = 0
         while state["step"] < cfg.train.steps:
             step = state["step"] + 1
-            requests = [
-                PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer))
-                for g, p in enumerate(step_problems(cfg, task, state["data_position"]))
-            ]
+            requests = prompt_requests(task, step_problems(cfg, task, state["data_position"]))
             metrics, trajectories = train_step(roles, settings(cfg, roles, step), requests, state["version"])
             state.update(
                 step=step,
@@ -117,7 +115,7 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
                 **metrics,
             }
             if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
-                row.update(evaluate(cfg, roles, problems))
+                row.update(evaluate(cfg, roles, problems, task.prompt_text))
             log.log(row)
             samples_log.log(*sample_records(step, trajectories))
             masked_streak = check_masked(
@@ -187,11 +185,13 @@ def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
         train_policy=step > cfg.learner.critic_warmup_steps,
         pad_id=roles.pad_id,
         timeout_s=cfg.train.timeout_s,
+        sync_method=cfg.sync.method,
     )
 
 
-def evaluate(cfg: DictConfig, roles: Roles, problems) -> dict:
-    """Held-out evaluation with the generators' current weights (greedy accuracy, pass@k, step accuracy)."""
+def evaluate(cfg: DictConfig, roles: Roles, problems, prompt_fn=None) -> dict:
+    """Held-out evaluation with the generators' current weights (greedy accuracy, pass@k, step accuracy).
+    prompt_fn (the task's prompt_text) makes eval prompts match training prompts, chat template included."""
     from orchestrator.evaluate import evaluate_policy
 
     def generate_fn(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
@@ -216,6 +216,7 @@ def evaluate(cfg: DictConfig, roles: Roles, problems) -> dict:
         max_new_tokens=cfg.rollout.max_new_tokens,
         seed=cfg.seed,
         generate_fn=generate_fn,
+        prompt_fn=prompt_fn,
     )
     out["timing/eval_s"] = out.pop("time_s")  # a wall-clock key of a metrics row: under timing/
     return out

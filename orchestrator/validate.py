@@ -19,9 +19,10 @@ from omegaconf.errors import OmegaConfBaseException
 
 from algo import registry
 from algo.schedules import SCHEDULES
-from orchestrator.config import DTYPES, ROLES, ExperimentConfig, RoleResources
+from orchestrator.config import DTYPES, ROLES, SYNC_METHODS, ExperimentConfig, RoleResources
 from tasks import TASKS
 from tasks.arithmetic import OPERATORS
+from tasks.chat import CHAT_TEMPLATES
 from tasks.oracle import STEP_MEANINGS
 from workers.sources import SOURCES
 
@@ -124,6 +125,7 @@ def _positive(v) -> bool:
 
 RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("task.kind", *_choices(tuple(TASKS))),
+    ("task.chat_template", *_choices(CHAT_TEMPLATES)),
     ("task.min_steps", _positive, lambda: "an integer >= 1"),
     ("task.modulus", lambda v: v >= 2, lambda: "an integer >= 2"),
     (
@@ -159,6 +161,7 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("learner.schedule", *_choices(tuple(SCHEDULES))),
     ("learner.ppo_epochs", _positive, lambda: "an integer >= 1"),
     ("learner.mini_batches", _positive, lambda: "an integer >= 1"),
+    ("sync.method", *_choices(SYNC_METHODS)),
     ("eval.num_problems", _positive, lambda: "an integer >= 1"),
     ("eval.k", _positive, lambda: "an integer >= 1"),
     ("train.steps", lambda v: v >= 0, lambda: "an integer >= 0"),
@@ -214,6 +217,39 @@ def validate_files(cfg: DictConfig) -> None:
         for key in ("train_path", "eval_path"):
             if not os.path.isfile(cfg.task[key]):
                 raise ConfigError(f"task.{key}: no JSONL file at {cfg.task[key]!r}")
+    _check_local_bf16(cfg)
+
+
+def _check_local_bf16(cfg: DictConfig, cpuinfo: str = "/proc/cpuinfo") -> None:
+    """model.dtype=bfloat16 with a role on the CPU of this machine (a local Ray: cluster.address null) needs
+    the CPU's bf16 kernels; refused here in milliseconds rather than by the role after Ray has started
+    (engine.process.role_dtype makes the same check with torch in every role, wherever it runs)."""
+    if cfg.model.dtype != "bfloat16" or cfg.cluster.address is not None or not os.path.isfile(cpuinfo):
+        return
+    models = {  # the roles that run a model in model.dtype in this run
+        "generator": True,
+        "learner": True,
+        "critic": needs_critic(cfg),
+        "reference": cfg.algo.kl_coef > 0,
+        "reward": any(SOURCES[s.name].needs_path for s in cfg.reward.sources),
+    }
+    cpu_roles = [role for role, used in models.items() if used and cfg.cluster.roles[role].num_gpus <= 0]
+    if not cpu_roles:
+        return
+    with open(cpuinfo) as fh:
+        flags = {w for line in fh if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
+    if not cpu_bf16_kernels(flags):
+        raise ConfigError(
+            f"model.dtype: bfloat16 needs bf16 kernels on this CPU (roles {', '.join(sorted(cpu_roles))} run "
+            "on it: cluster.roles.<role>.num_gpus=0), which it lacks (no AVX-512 BW/VL/DQ, AMX or Arm bf16); "
+            "use model.dtype=float32"
+        )
+
+
+def cpu_bf16_kernels(flags: set[str]) -> bool:
+    """The CPU features (/proc/cpuinfo flags) with which torch's oneDNN runs bf16 natively: what
+    torch.ops.mkldnn._is_mkldnn_bf16_supported() reports (AVX-512 core on x86, AMX, or Arm's bf16)."""
+    return {"avx512bw", "avx512vl", "avx512dq"} <= flags or "amx_bf16" in flags or "bf16" in flags
 
 
 def _cross_field(cfg: DictConfig) -> None:
@@ -227,6 +263,12 @@ def _cross_field(cfg: DictConfig) -> None:
         for key in ("train_path", "eval_path"):
             if not t[key]:
                 raise ConfigError(f"task.{key}: task.kind=jsonl needs a JSONL file")
+    elif t.chat_template != "none":
+        # The arithmetic oracle parses the prompt text as written, and the tiny policy never saw a template.
+        raise ConfigError(
+            f"task.chat_template={t.chat_template} applies to JSONL prompts; task.kind={t.kind} needs "
+            "task.chat_template=none"
+        )
     batch = r.prompts_per_step * r.group_size
     unit = learner.num_ranks * learner.mini_batches * learner.micro_batch_size
     if batch % (learner.num_ranks * learner.mini_batches):
@@ -253,6 +295,9 @@ def _cross_field(cfg: DictConfig) -> None:
         )
     if learner.backend == "nccl" and cfg.cluster.roles.learner.num_gpus <= 0:
         raise ConfigError("learner.backend=nccl needs cluster.roles.learner.num_gpus > 0")
+    if cfg.sync.method == "collective" and learner.backend == "nccl" and cfg.cluster.roles.generator.num_gpus <= 0:
+        # the broadcast runs over learner.backend, and NCCL moves CUDA tensors only
+        raise ConfigError("sync.method=collective with learner.backend=nccl needs cluster.roles.generator.num_gpus > 0")
     if learner.critic_warmup_steps and not estimator.needs_values:
         critics = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.needs_values)
         raise ConfigError(

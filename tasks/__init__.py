@@ -1,7 +1,9 @@
 """Reasoning tasks with verifiable answers (and, for arithmetic chains, oracle step labels).
 
 `TASKS` is the registry of task kinds (`task.kind` in a config): name -> a constructor from TaskSettings.
-Every task offers sample(n, split, seed) and prompt_text(problem); problems carry an `answer`.
+Every task offers sample(n, split, seed), prompt_text(problem) (the text the policy is prompted with, chat
+template included) and question_text(problem) (the question as written, for the reward sources); problems
+carry an `answer`.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class TaskSettings:
     tokenizer_dir: str  # the policy's tokenizer: JSONL prompts must fit rollout.max_model_len with it
     max_model_len: int
     trust_remote_code: bool
+    chat_template: str = "none"  # task.chat_template (tasks.chat.CHAT_TEMPLATES); jsonl only
 
 
 TASKS: dict[str, Callable[[TaskSettings], Any]] = {

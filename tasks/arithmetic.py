@@ -194,5 +194,7 @@ class ArithmeticTask:
 
     # The uniform task interface used by sft/evaluate (other tasks provide the same three functions).
     prompt_text = staticmethod(prompt_text)
+    # No chat template for arithmetic (the oracle parses the prompt as written): the question is the prompt.
+    question_text = staticmethod(prompt_text)
     solution_text = staticmethod(solution_text)
     solution_steps = staticmethod(solution_steps)

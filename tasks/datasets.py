@@ -218,7 +218,7 @@ def label_text_answer(problem: TextProblem, response_text: str) -> Labels:
 
 
 def text_prompt(problem: TextProblem) -> str:
-    """Dataset prompts are given to the policy as written (no chat template)."""
+    """A dataset prompt as written (no chat template): JsonlTask.prompt_text applies task.chat_template."""
     return problem.prompt
 
 

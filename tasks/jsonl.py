@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from tasks.chat import chat_formatter
 from tasks.datasets import DatasetError, TextProblem, load_jsonl_problems
 
 if TYPE_CHECKING:
@@ -17,18 +19,32 @@ class JsonlTask:
     With a tokenizer, every prompt must leave room to generate: at most max_model_len - 2 tokens (vLLM
     rejects a prompt of max_model_len tokens, and one of max_model_len - 1 leaves a single token, not a
     step). An overlong prompt is an error before the run starts, or with skip_bad a skipped, counted row.
+
+    chat_template="model" (task.chat_template) prompts the policy with each question inside the tokenizer's
+    chat template (tasks/chat.py): prompt_text gives that text, and lengths are counted on it;
+    question_text keeps the question as written.
     """
 
     def __init__(
-        self, train_path: str, eval_path: str, skip_bad: bool, tokenizer: Any = None, max_model_len: int | None = None
+        self,
+        train_path: str,
+        eval_path: str,
+        skip_bad: bool,
+        tokenizer: Any = None,
+        max_model_len: int | None = None,
+        chat_template: str = "none",
+        tokenizer_dir: str = "",
     ) -> None:
+        # Checked before the files are read: a template-less tokenizer fails fast, naming the field.
+        self.format_prompt = chat_formatter(chat_template, tokenizer, tokenizer_dir)
         self.train, self.train_skipped = load_jsonl_problems(train_path, skip_bad)
         self.eval, self.eval_skipped = load_jsonl_problems(eval_path, skip_bad)
         if tokenizer is not None:
             if max_model_len is None:
                 raise ValueError("JsonlTask: a tokenizer needs max_model_len to check prompt lengths")
-            self.train, train_overlong = drop_overlong(self.train, tokenizer, max_model_len, skip_bad)
-            self.eval, eval_overlong = drop_overlong(self.eval, tokenizer, max_model_len, skip_bad)
+            fmt = None if chat_template == "none" else self.format_prompt
+            self.train, train_overlong = drop_overlong(self.train, tokenizer, max_model_len, skip_bad, fmt)
+            self.eval, eval_overlong = drop_overlong(self.eval, tokenizer, max_model_len, skip_bad, fmt)
             self.train_skipped += train_overlong
             self.eval_skipped += eval_overlong
         if not self.train or not self.eval:
@@ -41,7 +57,9 @@ class JsonlTask:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_dir, trust_remote_code=s.trust_remote_code)
-        return cls(s.train_path, s.eval_path, s.skip_bad_rows, tokenizer, s.max_model_len)
+        return cls(
+            s.train_path, s.eval_path, s.skip_bad_rows, tokenizer, s.max_model_len, s.chat_template, s.tokenizer_dir
+        )
 
     def sample(self, n: int, split: str = "train", seed: int | None = None) -> list[TextProblem]:
         pool = self.train if split == "train" else self.eval
@@ -50,28 +68,42 @@ class JsonlTask:
         rng = random.Random(seed)
         return [pool[rng.randrange(len(pool))] for _ in range(n)]
 
+    def prompt_text(self, problem: TextProblem) -> str:
+        """The text the policy is prompted with: the question inside task.chat_template's template."""
+        return self.format_prompt(problem.prompt)
+
     @staticmethod
-    def prompt_text(problem: TextProblem) -> str:
+    def question_text(problem: TextProblem) -> str:
+        """The question as written in the data, before any chat template (what the reward sources get)."""
         return problem.prompt
 
 
 def drop_overlong(
-    problems: list[TextProblem], tokenizer: Any, max_model_len: int, skip_bad: bool, batch_size: int = 512
+    problems: list[TextProblem],
+    tokenizer: Any,
+    max_model_len: int,
+    skip_bad: bool,
+    format_prompt: Callable[[str], str] | None = None,
+    batch_size: int = 512,
 ) -> tuple[list[TextProblem], int]:
     """(problems whose prompt leaves room to generate, number dropped); DatasetError without skip_bad.
 
-    Counted the way the generator tokenizes (tokenizer.encode: special tokens added), in batches."""
+    Counted on the text the generator is given (format_prompt(prompt): the chat template adds tokens, and
+    a prompt that fits bare can overflow templated) and the way it tokenizes it (tokenizer.encode: special
+    tokens added), in batches."""
+    fmt = format_prompt or (lambda text: text)
     limit = max_model_len - 2
     kept = []
     for i in range(0, len(problems), batch_size):
         chunk = problems[i : i + batch_size]
-        lengths = [len(ids) for ids in tokenizer([p.prompt for p in chunk])["input_ids"]]
+        lengths = [len(ids) for ids in tokenizer([fmt(p.prompt) for p in chunk])["input_ids"]]
         for p, n in zip(chunk, lengths, strict=True):
             if n <= limit:
                 kept.append(p)
             elif not skip_bad:
+                templated = " (with task.chat_template)" if format_prompt is not None else ""
                 raise DatasetError(
-                    f"{p.source}: field 'prompt' has {n} tokens with the policy tokenizer; "
+                    f"{p.source}: field 'prompt' has {n} tokens with the policy tokenizer{templated}; "
                     f"rollout.max_model_len={max_model_len} leaves no room to generate "
                     f"(at most {limit} prompt tokens)"
                 )

@@ -205,7 +205,8 @@ def prm_step_scores(model: Any, tokenizer: Any, question: str, steps: list[str],
     if not steps:
         return []
     ids, positions = prm_input_ids(tokenizer, question, steps, separator)
-    logits = model(input_ids=torch.tensor([ids])).logits[0, positions]  # [steps, num_labels]
+    # On the model's device (a GPU reward actor); scores in float32 whatever the model's dtype.
+    logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, positions].float()
     if logits.shape[-1] == 1:
         return torch.sigmoid(logits[:, 0]).tolist()
     return torch.softmax(logits, dim=-1)[:, 1].tolist()

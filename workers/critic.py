@@ -29,10 +29,19 @@ from engine.batching import (
     micro_slices,
     select,
     shift_right,
+    to_device,
     trajectory_row,
 )
-from engine.build import TrainSettings, build_engine, free_port, init_distributed, load_checkpoint, save_checkpoint
-from engine.process import prepare_process
+from engine.build import (
+    TrainSettings,
+    build_engine,
+    free_port,
+    init_distributed,
+    load_checkpoint,
+    model_init_context,
+    save_checkpoint,
+)
+from engine.process import prepare_process, role_device, role_dtype
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
 METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
@@ -57,10 +66,23 @@ def load_value_model(model_dir: str, critic_dir: str | None, trust_remote_code: 
             f"critic model {src}: num_labels must be 1 (one value per token), got {model.config.num_labels}"
         )
     if not is_critic:  # a fresh head on a policy backbone: start from V = 0 everywhere
-        torch.nn.init.zeros_(model.score.weight)
-        if model.score.bias is not None:
-            torch.nn.init.zeros_(model.score.bias)
+        head_params = [p for p in (model.score.weight, model.score.bias) if p is not None]
+        with _gathered_for_update(head_params):
+            for p in head_params:
+                torch.nn.init.zeros_(p)
     return model
+
+
+def _gathered_for_update(params: list):
+    """Built under ZeRO-3's zero.Init (engine.build.model_init_context) a parameter is an empty partition:
+    gather it to change it, and rank 0's change is partitioned back on exit. A plain model: nothing to do."""
+    if not any(hasattr(p, "ds_id") for p in params):
+        from contextlib import nullcontext
+
+        return nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=0)
 
 
 class CriticWorker:
@@ -81,11 +103,19 @@ class CriticWorker:
         trust_remote_code: bool = False,
         restore_dir: str | None = None,
         log_file: str | None = None,
+        device: str | None = None,
     ):
+        """device: where the model and batches live; None = the GPU Ray gave this actor, else the CPU."""
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         torch.manual_seed(seed)
+        self.device = role_device(device)
+        role_dtype("bfloat16" if train.bf16 else "float32", self.device)  # refuse bf16 where it cannot run
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
         init_distributed(0, 1, "127.0.0.1", master_port or free_port(), backend, timeout_s=timeout_s)
-        self.engine = build_engine(load_value_model(model_dir, critic_dir, trust_remote_code), train)
+        with model_init_context(train):  # ZeRO-3: built already partitioned (engine/build.py)
+            model = load_value_model(model_dir, critic_dir, trust_remote_code)
+        self.engine = build_engine(model, train, self.device)
         self.train_settings, self.value_clip, self.loss_agg = train, value_clip, loss_agg
         if restore_dir and ray_restarted():
             self._restore_newest(restore_dir)
@@ -104,10 +134,14 @@ class CriticWorker:
         head = forward_logits(self.engine, micro["input_ids"], micro["attention_mask"])[..., 0].float()
         return shift_right(head) * micro["attention_mask"].float()
 
-    @torch.no_grad()
     def values(self, batch: dict) -> torch.Tensor:
-        """[B, L] float32 V(s_t) per token position (see the module docstring); 0 on padding."""
+        """[B, L] float32 V(s_t) per token position (see the module docstring); 0 on padding; on the CPU."""
         check_rows(batch)
+        return self._all_values(to_device(batch, self.device)).cpu()
+
+    @torch.no_grad()
+    def _all_values(self, batch: dict) -> torch.Tensor:
+        """values() of a batch already on self.device, left there."""
         self.engine.eval()
         out = [
             self._values(select(batch, s))
@@ -131,7 +165,8 @@ class CriticWorker:
         missing = [k for k in REQUIRED_KEYS if k not in batch]
         if missing:
             raise KeyError(f"critic batch is missing {missing} (has {sorted(batch)})")
-        old = batch["old_values"].float() if "old_values" in batch else self.values(batch)
+        batch = to_device(batch, self.device)
+        old = batch["old_values"].float() if "old_values" in batch else self._all_values(batch)
         return epochs_of_updates(
             batch,
             epochs=self.train_settings.epochs,

@@ -22,9 +22,9 @@ restricts a request to some sample indices (the re-issue of a dead replica's unf
 
 Weight swap and pausing: the actor is single-threaded (Ray runs one method at a time unless
 max_concurrency is raised, which this class does not support), and ``generate`` / ``generate_stream``
-drain every request they add before they return. So ``load_weights`` can only run between calls, with
-no request in flight. The one way to interleave in-process is to call ``load_weights`` while a
-``generate_stream`` iterator is half consumed: that raises. After a swap the prefix cache is reset,
+drain every request they add before they return. So ``load_weights`` / ``receive_weights`` can only run
+between calls, with no request in flight. The one way to interleave in-process is to swap weights while
+a ``generate_stream`` iterator is half consumed: that raises. After a swap the prefix cache is reset,
 so no KV computed under the old weights is reused.
 """
 
@@ -283,38 +283,68 @@ class GeneratorWorker:
             prompt_text=req.text,
             response_text=comp.text,
             answer=req.answer,
+            question=req.question or req.text,
             info={"replica": self.replica, "sample": i},
         )
 
     # ----------------------------------------------------------------------------- weights
     def load_weights(self, version: int, weights: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict:
-        """Swap in HF-named full weights (model.named_parameters() of the learner's HF model).
+        """Swap in HF-named full weights (model.named_parameters() of the learner's HF model), the
+        object_store sync. Returns {"version", "load_s", "hashes"}: load_s covers the copy into the engine
+        only; hashes are tensor_hashes of the engine's weights read back in the dtypes that were sent."""
+        self._check_swap(version)
+        items = list(weights.items()) if isinstance(weights, dict) else list(weights)
+        self._check_weights([(name, tuple(t.shape)) for name, t in items])
+        dtypes = {name: str(t.dtype).removeprefix("torch.") for name, t in items}
+        return self._swap(version, dtypes, lambda: self._llm.collective_rpc("steprl_reload_weights", args=(items,)))
 
-        Returns {"version", "load_s", "fingerprint"}; load_s covers the copy into the engine only.
-        """
+    def receive_weights(
+        self,
+        version: int,
+        *,
+        master_addr: str,
+        master_port: int,
+        rank: int,
+        world_size: int,
+        meta: list[tuple[str, tuple[int, ...], str]],
+        backend: str,
+        device: str,
+        timeout_s: float,
+    ) -> dict:
+        """The collective sync: join learner rank 0's BroadcastChannel as `rank` and swap in what it
+        broadcasts (meta: (name, shape, dtype) per tensor, in send order). Returns what load_weights does;
+        load_s covers the broadcast and the copy into the engine."""
+        self._check_swap(version)
+        self._check_weights([(name, tuple(shape)) for name, shape, _ in meta])
+        dtypes = {name: dtype for name, _, dtype in meta}
+        args = (master_addr, master_port, rank, world_size, meta, backend, device, timeout_s)
+        return self._swap(version, dtypes, lambda: self._llm.collective_rpc("steprl_receive_weights", args=args))
+
+    def _check_swap(self, version: int) -> None:
         if self._open_streams:
             raise RuntimeError(
-                f"generator r{self.replica}: load_weights(version={version}) while "
+                f"generator r{self.replica}: weight swap to version {version} while "
                 f"{self._open_streams} generate_stream call(s) are unfinished"
             )
         if version < self.version:
             raise ValueError(
                 f"generator r{self.replica}: version {version} is older than the loaded version {self.version}"
             )
-        items = list(weights.items()) if isinstance(weights, dict) else list(weights)
-        self._check_weights(items)
+
+    def _swap(self, version: int, dtypes: dict[str, str], reload) -> dict:
+        """reload() the engine's weights, reset the prefix cache, hash the read-back, then take the version."""
         start = time.perf_counter()
-        self._llm.collective_rpc("steprl_reload_weights", args=(items,))
+        reload()
         if not self._llm.reset_prefix_cache():  # cached prompt KV was computed with the old weights
             raise RuntimeError(f"generator r{self.replica}: could not reset the prefix cache")
         load_s = time.perf_counter() - start
-        fingerprint = self.fingerprint()  # also checks the packed CPU copies: raises before versioning
+        hashes = self.weight_hashes(dtypes)  # also checks the packed CPU copies: raises before versioning
         self.version = version
-        return {"version": version, "load_s": load_s, "fingerprint": fingerprint}
+        return {"version": version, "load_s": load_s, "hashes": hashes}
 
-    def _check_weights(self, items: list[tuple[str, torch.Tensor]]) -> None:
+    def _check_weights(self, shapes: list[tuple[str, tuple[int, ...]]]) -> None:
         """Exactly the checkpoint's tensor names and shapes: vLLM would only log a missing one."""
-        names = [name for name, _ in items]
+        names = [name for name, _ in shapes]
         dupes = sorted(name for name, c in Counter(names).items() if c > 1)
         if dupes:
             raise ValueError(f"load_weights: duplicate names {dupes[:5]}")
@@ -326,20 +356,19 @@ class GeneratorWorker:
                 f"{missing[:5]} ({len(missing)}), unexpected {extra[:5]} ({len(extra)}); send "
                 f"model.named_parameters() of the HF model (tied tensors once)"
             )
-        for name, tensor in items:
-            if tuple(tensor.shape) != self._expected_shapes[name]:
+        for name, shape in shapes:
+            if shape != self._expected_shapes[name]:
                 raise ValueError(
-                    f"load_weights: {name} has shape {tuple(tensor.shape)}, the checkpoint "
-                    f"has {self._expected_shapes[name]}"
+                    f"load_weights: {name} has shape {shape}, the checkpoint has {self._expected_shapes[name]}"
                 )
 
     def live_weights(self) -> list[tuple[str, torch.Tensor]]:
         """The engine's weights read back under HF names and shapes (diagnostics and tests)."""
         return self._llm.collective_rpc("steprl_named_weights")[0]
 
-    def fingerprint(self) -> dict:
-        """algo.fingerprint.weights_fingerprint over the engine's live weights."""
-        return self._llm.collective_rpc("steprl_fingerprint")[0]
+    def weight_hashes(self, dtypes: dict[str, str] | None = None) -> dict[str, str]:
+        """algo.fingerprint.tensor_hashes of the engine's live weights, cast to dtypes[name] where given."""
+        return self._llm.collective_rpc("steprl_weight_hashes", args=(dtypes or {},))[0]
 
     def get_version(self) -> int:
         return self.version

@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 
 from algo.batch import shift_logprobs
-from engine.batching import batch_size, check_rows, forward_logits, micro_slices, trajectory_row
-from engine.process import prepare_process
+from engine.batching import batch_size, check_rows, forward_logits, micro_slices, to_device, trajectory_row
+from engine.process import prepare_process, role_device, role_dtype
 
 
 class ReferenceWorker:
@@ -26,14 +26,18 @@ class ReferenceWorker:
         deterministic: bool = False,
         trust_remote_code: bool = False,
         log_file: str | None = None,
+        device: str | None = None,
     ):
+        """dtype: model.dtype (the policy's); device: None = the GPU Ray gave this actor, else the CPU."""
         from transformers import AutoModelForCausalLM
 
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
+        self.device = role_device(device)
         self.model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+            str(model_dir), dtype=role_dtype(dtype, self.device), trust_remote_code=trust_remote_code
         ).eval()
         self.model.requires_grad_(False)
+        self.model.to(self.device)
         self.micro_batch_size = micro_batch_size
 
     @torch.no_grad()
@@ -43,11 +47,12 @@ class ReferenceWorker:
         for key in ("input_ids", "attention_mask"):
             if key not in batch:
                 raise KeyError(f"reference batch is missing {key!r} (has {sorted(batch)})")
+        batch = to_device({"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}, self.device)
         out = []
         for s in micro_slices(batch_size(batch), self.micro_batch_size):
             ids, att = batch["input_ids"][s], batch["attention_mask"][s]
             out.append(shift_logprobs(forward_logits(self.model, ids, att), ids))
-        return torch.cat(out)
+        return torch.cat(out).cpu()  # leaves the actor: Ray carries CPU tensors
 
     def traj_logprobs(self, traj) -> list[float]:
         """Reference log-prob of each response token of one Trajectory (streamed per sample)."""

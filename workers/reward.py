@@ -20,7 +20,7 @@ import torch
 
 from algo.trajectory import Trajectory
 from algo.transforms import apply_reward_transform
-from engine.process import prepare_process
+from engine.process import prepare_process, role_device, role_dtype
 from workers.sources import SOURCES
 
 if TYPE_CHECKING:
@@ -46,11 +46,16 @@ class RewardWorker:
         threads: int = 1,
         trust_remote_code: bool = False,
         log_file: str | None = None,
+        dtype: str = "float32",
+        device: str | None = None,
     ):
+        """dtype (model.dtype) and device (None = the GPU Ray gave this actor, else the CPU) are those of a
+        learned source's model (prm); the oracle and outcome sources run no model."""
         prepare_process(threads, log_file=log_file)
         from transformers import AutoTokenizer
 
         self.trust_remote_code = trust_remote_code
+        self.dtype, self.device = dtype, role_device(device)
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
         self.meaning, self.transform, self.transform_params = meaning, transform, dict(transform_params)
         self.task_kind, self.modulus, self.delimiter = task_kind, modulus, step_delimiter
@@ -150,15 +155,32 @@ class RewardWorker:
 
         from tasks.models import prm_step_scores
 
-        model = AutoModelForTokenClassification.from_pretrained(path, trust_remote_code=self.trust_remote_code).eval()
+        model = AutoModelForTokenClassification.from_pretrained(
+            path, dtype=role_dtype(self.dtype, self.device), trust_remote_code=self.trust_remote_code
+        ).eval()
+        model.requires_grad_(False)
+        model.to(self.device)  # prm_step_scores feeds its inputs to model.device, returns Python floats
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
 
         def prm(traj, step_texts):
             steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
             with torch.no_grad():
-                return list(prm_step_scores(model, tok, traj.prompt_text, steps, self.delimiter))
+                return list(prm_step_scores(model, tok, prm_question(traj), steps, self.delimiter))
 
         return prm
+
+
+def prm_question(traj: Trajectory) -> str:
+    """The question a PRM scores the steps against: the raw question, never the policy's chat template.
+
+    Why raw: the PRM is its own model with its own tokenizer and input convention (tasks.models.prm_input_ids:
+    question text, then each step and the separator, as plain text). The policy's template markup
+    (<|im_start|>user ... <|im_start|>assistant) is not part of that convention, may not even be special
+    tokens in the PRM's vocabulary, and is absent from the step-labelled data PRMs are trained on
+    (StepExample.prompt is the question as written). The steps themselves are the same token spans the
+    policy produced. A PRM that wants its own chat format (Qwen2.5-Math-PRM's) builds it from this text.
+    Trajectories made without a question (older callers, tests) fall back to prompt_text, as before."""
+    return traj.question or traj.prompt_text
 
 
 def checked_probabilities(name: str, scores, k: int) -> list[float]:

@@ -1,9 +1,11 @@
 """vLLM worker extension: reload weights in place and read the live weights back under HF names.
 
 vLLM mixes this class into its worker (``LLM(worker_extension_cls="workers.vllm_ext.WeightSyncExtension")``)
-and its methods are reached with ``llm.collective_rpc("steprl_...", args=...)``. The engine must run
-in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that the arguments, which are tensors, are handed
-over by reference instead of being serialised to another process.
+and its methods are reached with ``llm.collective_rpc("steprl_...", args=...)``. For
+``steprl_reload_weights`` the engine must run in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) so that
+its arguments, which are tensors, are handed over by reference instead of being serialised to another
+process. ``steprl_receive_weights`` (the collective sync) and ``steprl_weight_hashes`` take and return
+plain values only, so they work the same with the engine in another process.
 
 Why a read-back is needed: on CPU, vLLM packs every linear layer's weight into a oneDNN / sgl kernel
 buffer and replaces the ``weight`` parameter with an empty tensor, so ``named_parameters()`` no longer
@@ -12,7 +14,7 @@ the layer's own kernel (``x = I  ->  x @ W.T = W.T``), which is exact in float32
 (``qkv_proj``, ``gate_up_proj``) are split back into their HF parts with the model's
 ``packed_modules_mapping`` and the layer's ``output_sizes``; the vocab padding rows vLLM adds to the
 embedding are cut off. The result is named and shaped like the HF model's ``named_parameters()``, so
-any fingerprint of it can be compared to the learner's. Tensor parallelism (sharded weights) is not
+its per-tensor hashes can be compared by name with the learner's. Tensor parallelism (sharded weights) is not
 handled: the read-back assumes one worker holds the whole model.
 
 A second CPU quirk, found by comparing logprobs with the HF model: a tied ``lm_head`` shares the
@@ -199,8 +201,44 @@ class WeightSyncExtension:
             out.extend(_unfuse(name, _live_tensor(module, param_name, param), module, packed))
         return out
 
-    def steprl_fingerprint(self) -> dict:
-        """algo.fingerprint.weights_fingerprint over the live weights (see steprl_named_weights)."""
-        from algo.fingerprint import weights_fingerprint  # imported here: the worker process has it
+    def steprl_weight_hashes(self, dtypes: dict[str, str]) -> dict[str, str]:
+        """algo.fingerprint.tensor_hashes of the live weights, each cast to dtypes[name] (the dtype it was
+        sent in): a sender's float32 tensor loaded into a bfloat16 engine must hash as float32 again, and
+        any rounding the engine applied then shows as a mismatch. Only the hashes leave the worker."""
+        from algo.fingerprint import tensor_hashes  # imported here: the worker process has it
 
-        return weights_fingerprint(self.steprl_named_weights())
+        live = self.steprl_named_weights()
+        return tensor_hashes((n, t.to(getattr(torch, dtypes[n])) if n in dtypes else t) for n, t in live)
+
+    def steprl_receive_weights(
+        self,
+        master_addr: str,
+        master_port: int,
+        rank: int,
+        world_size: int,
+        meta: list[tuple[str, tuple[int, ...], str]],
+        backend: str,
+        device: str,
+        timeout_s: float,
+    ) -> None:
+        """Join a BroadcastChannel as `rank`, receive every tensor of `meta` and reload them like
+        steprl_reload_weights. Plain-value arguments only, so it runs the same whether vLLM's engine is in
+        this process or another one (collective_rpc cannot carry tensors across processes)."""
+        from engine.broadcast import BroadcastChannel
+
+        channel = BroadcastChannel(
+            master_addr=master_addr,
+            master_port=master_port,
+            rank=rank,
+            world_size=world_size,
+            backend=backend,
+            device=device,
+            timeout_s=timeout_s,
+        )
+        try:
+            # Every tensor first, then one reload: the reload must see the whole model at once, as in
+            # the object-store path (the buffers cost one model copy, as the object store's does).
+            weights = list(channel.receive(meta))
+        finally:
+            channel.close()
+        self.steprl_reload_weights(weights)

@@ -1,8 +1,44 @@
-"""Weights fingerprint: invariant to order and fusion, sensitive to changed values."""
+"""Weight checks: per-tensor hashes see every bit by name; the fingerprint is invariant to order and fusion."""
 
 import torch
 
-from algo.fingerprint import fingerprints_match, weights_fingerprint
+from algo.fingerprint import fingerprints_match, hash_mismatches, tensor_hashes, weights_fingerprint
+
+
+def named_weights(seed: int = 0) -> list[tuple[str, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    return [(name, torch.randn(8, 4, generator=g)) for name in ("q", "k", "v")] + [("norm", torch.ones(4))]
+
+
+def test_one_ulp_in_one_tensor_changes_exactly_that_hash():
+    named = named_weights()
+    base = tensor_hashes(named)
+    w = dict(named)["k"].clone()
+    w[2, 1] = torch.nextafter(w[2, 1], torch.tensor(float("inf")))  # the next float32 up: one ulp
+    changed = tensor_hashes([(n, w if n == "k" else t) for n, t in named])
+    assert hash_mismatches(base, changed) == ["k"]
+    assert hash_mismatches(base, tensor_hashes(named_weights())) == []  # same values, same hashes
+
+
+def test_swapped_same_shape_tensors_are_caught_by_name():
+    named = named_weights()
+    t = dict(named)
+    swapped = [("q", t["v"]), ("k", t["k"]), ("v", t["q"]), ("norm", t["norm"])]
+    # the moments cannot see it (same multiset of elements), the hashes can
+    assert fingerprints_match(weights_fingerprint(named), weights_fingerprint(swapped))
+    assert hash_mismatches(tensor_hashes(named), tensor_hashes(swapped)) == ["q", "v"]
+
+
+def test_missing_extra_dtype_and_shape_are_mismatches():
+    named = named_weights()
+    base = tensor_hashes(named)
+    assert hash_mismatches(base, tensor_hashes(named[:-1])) == ["norm"]
+    assert hash_mismatches(base, {**base, "extra": "0"}) == ["extra"]
+    cast = [(n, t.bfloat16().float()) if n == "q" else (n, t) for n, t in named]  # a lossy round trip
+    assert hash_mismatches(base, tensor_hashes(cast)) == ["q"]
+    reshaped = [(n, t.reshape(4, 8)) if n == "k" else (n, t) for n, t in named]  # same bytes, other shape
+    assert hash_mismatches(base, tensor_hashes(reshaped)) == ["k"]
+    assert tensor_hashes([("b", torch.ones(3, dtype=torch.bfloat16))])  # bfloat16 has no numpy dtype
 
 
 def test_hand_numbers():

@@ -20,6 +20,7 @@ TIMING_PREFIXES = (
     "timing/",
     "perf/",
     "sync/load_s",
+    "sync/send_s",
     "sync/total_s",
     "reward/compute_s",
     "stream/scored_during_generation",

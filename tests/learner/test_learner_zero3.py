@@ -32,6 +32,22 @@ def group3(ray_local, policy_dir):
     remove_placement_group(pg)
 
 
+def partition_sizes(rank) -> tuple[int, int, int]:
+    """(elements in the module's parameter tensors, in this rank's partitions, in the full model)."""
+    params = list(rank.engine.module.parameters())
+    return sum(p.numel() for p in params), sum(p.ds_tensor.numel() for p in params), sum(p.ds_numel for p in params)
+
+
+def test_zero3_ranks_hold_only_their_partition(group3, ray_local):
+    # Runs first (file order), before any update: each rank holds half the weights and no full tensor.
+    # That the model was built partitioned (zero.Init, not a full copy partitioned later by the engine)
+    # is checked in process in test_learner_devices.py::test_zero3_model_is_built_partitioned.
+    sizes = ray_local.get([r.__ray_call__.remote(partition_sizes) for r in group3.ranks], timeout=60)
+    full = sizes[0][2]
+    assert all(held == 0 for held, _, _ in sizes)
+    assert all(part <= full // 2 + 64 for _, part, _ in sizes) and sum(part for _, part, _ in sizes) >= full
+
+
 def test_zero3_export_gathers_full_weights(group3, policy_dir, ray_local, tmp_path):
     from transformers import AutoModelForCausalLM
 
@@ -53,3 +69,31 @@ def test_zero3_export_gathers_full_weights(group3, policy_dir, ray_local, tmp_pa
     out = group3.save_hf(str(tmp_path / "hf"))
     saved = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
     assert fingerprints_match(weights_fingerprint(saved.named_parameters()), fps[0])
+
+
+class Receiver:
+    """A generator's stand-in on the collective sync (gloo)."""
+
+    def receive(self, c: dict) -> dict:
+        from algo.fingerprint import tensor_hashes
+        from engine.broadcast import BroadcastChannel
+
+        keys = ("master_addr", "master_port", "world_size", "backend", "device")
+        channel = BroadcastChannel(rank=1, timeout_s=60, **{k: c[k] for k in keys})
+        return tensor_hashes(list(channel.receive(c["meta"])))
+
+
+def test_zero3_collective_sync_gathers_and_broadcasts_full_weights(group3, ray_local):
+    """Every rank takes part in send_weights (the gathers) while rank 0 alone broadcasts."""
+    from algo.fingerprint import hash_mismatches
+
+    receiver = ray_local.remote(num_cpus=0)(Receiver).remote()
+    channel = group3.weight_channel(world_size=2)
+    sent = group3.send_weights(channel)
+    got = receiver.receive.remote(channel)
+    rank0, rank1, received = group3.wait(sent + [got], "broadcast", names=["rank 0", "rank 1", "receiver"])
+    assert rank1 == {} and rank0["tensors"] == len(channel["meta"])
+    assert hash_mismatches(rank0["hashes"], received) == []
+    ray_local.get(group3.export_weights(), timeout=60)
+    assert hash_mismatches(group3.last_export["hashes"], received) == []
+    ray_local.kill(receiver)

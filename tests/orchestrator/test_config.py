@@ -14,7 +14,7 @@ from omegaconf.errors import ReadonlyConfigError
 from algo import registry
 from algo.schedules import SCHEDULES
 from orchestrator import validate
-from orchestrator.config import DTYPES, ROLES, AlgoConfig
+from orchestrator.config import DTYPES, ROLES, SYNC_METHODS, AlgoConfig
 from orchestrator.validate import ConfigError, explain, load_config
 from tasks import TASKS
 from tasks.oracle import STEP_MEANINGS
@@ -78,6 +78,7 @@ def test_one_default_per_knob():
         ("learner.schedule", list(SCHEDULES)),
         ("reward.meaning", list(STEP_MEANINGS)),
         ("model.dtype", list(DTYPES)),
+        ("sync.method", list(SYNC_METHODS)),
     ],
 )
 def test_every_registry_name_is_a_valid_choice(key, names):
@@ -90,6 +91,7 @@ def test_every_registry_name_is_a_valid_choice(key, names):
     [
         ("algo.estimater=gae", "algo.estimater: unknown key in command line (did you mean 'algo.estimator'?)"),
         ("learner.zero_stage=5", "learner.zero_stage: bad value 5; allowed: one of 0, 1, 2, 3"),
+        ("sync.method=tcp", "sync.method: bad value 'tcp'; allowed: one of object_store, collective"),
         ("algo.estimator=foo", "algo.estimator: bad value 'foo'; allowed: one of grpo_outcome"),
         ("learner.num_ranks=abc", "learner.num_ranks: Value 'abc'"),
         ("cluster.roles.gpu.num_cpus=1", "cluster.roles.gpu: unknown role"),
@@ -109,6 +111,7 @@ def test_every_registry_name_is_a_valid_choice(key, names):
         ("model.dtype=float16", "model.dtype: bad value 'float16'; allowed: one of float32, bfloat16"),
         ("learner.schedule=linear_decay", "learner.schedule: bad value 'linear_decay'"),
         ("task.kind=gsm8k", "task.kind: bad value 'gsm8k'; allowed: one of arithmetic, jsonl"),
+        ("task.chat_template=chatml", "task.chat_template: bad value 'chatml'; allowed: one of none, model"),
         (
             "reward.transform_params={eta: 0.5}",
             "reward.transform_params.eta: the identity transform takes no parameters",
@@ -133,8 +136,13 @@ def test_bad_value_names_the_field(override, expected):
         (["task.min_steps=6", "task.max_steps=3"], ["task.min_steps", "task.max_steps"]),
         (["rollout.group_size=1", "learner.micro_batch_size=8"], ["algo.estimator", "rollout.group_size"]),
         (["learner.backend=nccl"], ["learner.backend", "cluster.roles.learner.num_gpus"]),
+        (
+            ["learner.backend=nccl", "cluster.roles.learner.num_gpus=1", "sync.method=collective"],
+            ["sync.method=collective", "learner.backend=nccl", "cluster.roles.generator.num_gpus"],
+        ),
         (["learner.critic_warmup_steps=3"], ["learner.critic_warmup_steps", "algo.estimator", "gae, step_ppo"]),
         (["reward.sources=[{name: outcome}]"], ["algo.estimator", "reward.sources", "oracle, prm"]),
+        (["task.chat_template=model"], ["task.chat_template=model", "task.kind=arithmetic"]),
     ],
 )
 def test_cross_field_rules_name_both_fields(overrides, fields):
@@ -179,6 +187,20 @@ def test_capability_rules_follow_the_registries():
         else:
             assert validate.needs_critic(load_config(DEMO, over + ["learner.critic_warmup_steps=2"]))
     assert set(TASKS) == {"arithmetic", "jsonl"} and set(SOURCES) == {"oracle", "outcome", "prm"}
+
+
+def test_chat_template_choices_and_the_gpu_recipe():
+    from tasks.chat import CHAT_TEMPLATES
+
+    assert getattr(validate, "CHAT_TEMPLATES", CHAT_TEMPLATES) is CHAT_TEMPLATES  # one list, imported
+    assert load_config(DEMO).task.chat_template == "none"
+    jsonl = ["task.kind=jsonl", "task.train_path=a.jsonl", "task.eval_path=b.jsonl"]
+    jsonl.append("reward.sources=[{name: prm, path: p}]")
+    for name in CHAT_TEMPLATES:
+        assert load_config(DEMO, [*jsonl, f"task.chat_template={name}"], check_files=False).task.chat_template == name
+    # the Instruct recipe prompts in the model's chat format and cuts steps at blank lines
+    gpu = load_config(os.path.join(ROOT, "configs", "gpu_qwen25_math_1p5b.yaml"), check_files=False)
+    assert (gpu.task.chat_template, gpu.rollout.step_delimiter) == ("model", "\n\n")
 
 
 def test_named_files_must_exist_when_a_command_starts(tmp_path):

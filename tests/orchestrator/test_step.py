@@ -71,9 +71,15 @@ class FakePool:
             t = make_traj(g, s)
             yield t, t  # (traj_ref, traj): the "ref" is the trajectory itself
 
+    actors = ("g0", "g1")
+
     def load_weights(self, published):
         self.loaded.append(published)
-        return {"sync/load_s": 0.01, "sync/fingerprint_rel_diff": 0.0}
+        return {"sync/load_s": 0.01, "sync/mismatched_tensors": 0}
+
+    def receive_weights(self, version, channel, send, export):
+        self.loaded.append((version, channel, send(), export))
+        return {"sync/load_s": 0.02, "sync/send_s": 0.01, "sync/mismatched_tensors": 0}
 
 
 class FakeLearner:
@@ -85,10 +91,17 @@ class FakeLearner:
         return {"loss": 0.25}
 
     def export_weights(self):
+        self.last_export = {"tensors": 1, "hashes": {"w": "h"}}
         return "weights-ref"
 
     def fingerprint(self):
         return {"sum": 42.0}
+
+    def weight_channel(self, world_size):
+        return {"world_size": world_size}
+
+    def send_weights(self, channel):
+        return ["send-ref", channel]
 
 
 def score(outcomes):
@@ -214,8 +227,17 @@ def test_trained_step_publishes_version_plus_one():
     metrics, _ = train_step(roles, SETTINGS, REQUESTS, version=7)
     assert metrics["policy_version"] == 8
     (published,) = roles.generators.loaded
-    assert (published.version, published.weights_ref, published.fingerprint) == (8, "weights-ref", {"sum": 42.0})
-    assert metrics["sync/load_s"] == 0.01 and "sync/total_s" in metrics
+    assert (published.version, published.weights_ref, published.hashes) == (8, "weights-ref", {"w": "h"})
+    assert metrics["sync/load_s"] == 0.01 and metrics["sync/mismatched_tensors"] == 0 and "sync/total_s" in metrics
+
+
+def test_collective_sync_starts_the_sender_for_every_generator_plus_one():
+    roles = make_roles()
+    metrics, _ = train_step(roles, replace(SETTINGS, sync_method="collective"), REQUESTS, version=7)
+    ((version, channel, sent, export),) = roles.generators.loaded
+    assert (version, channel, sent) == (8, {"world_size": 3}, ["send-ref", {"world_size": 3}])
+    assert export == roles.learner.export_weights  # a replacement generator loads through the object store
+    assert metrics["policy_version"] == 8 and metrics["sync/send_s"] == 0.01
 
 
 def test_critic_warmup_neither_trains_nor_publishes_the_policy():

@@ -10,11 +10,13 @@ from __future__ import annotations
 import copy
 import math
 import random
+import re
+import threading
 
 import pytest
 import torch
 
-from algo.fingerprint import fingerprints_match, weights_fingerprint
+from algo.fingerprint import hash_mismatches, tensor_hashes
 from algo.trajectory import PromptRequest
 from tasks.models import make_tiny_policy
 from tasks.tokenizer import train_bpe_tokenizer
@@ -230,15 +232,15 @@ def test_load_weights_swaps_live_weights_and_versions_trajectories(worker, polic
     _, model, _, prompts = policy
     reqs = requests_for(prompts[:2])
     before = worker.generate(reqs, n=1, temperature=0.0, max_tokens=16)
-    assert fingerprints_match(worker.fingerprint(), weights_fingerprint(model.named_parameters()))
+    assert hash_mismatches(worker.weight_hashes(), tensor_hashes(model.named_parameters())) == []
 
     new = perturbed(model, scale=0.05, seed=3)
     v = worker.get_version() + 1
     info = worker.load_weights(v, dict(new))
     assert info["version"] == v == worker.get_version() and info["load_s"] >= 0
-    assert fingerprints_match(info["fingerprint"], weights_fingerprint(new))
-    assert not fingerprints_match(info["fingerprint"], weights_fingerprint(model.named_parameters()))
-    live = dict(worker.live_weights())  # stronger than the fingerprint: every tensor, bit for bit
+    assert hash_mismatches(tensor_hashes(new), info["hashes"]) == []
+    assert len(hash_mismatches(tensor_hashes(model.named_parameters()), info["hashes"])) == len(new)
+    live = dict(worker.live_weights())  # the tensors behind the hashes: every one, bit for bit
     assert live.keys() == dict(new).keys()
     assert all(torch.equal(live[n], t) for n, t in new)
 
@@ -257,7 +259,83 @@ def test_load_weights_swaps_live_weights_and_versions_trajectories(worker, polic
         assert max(abs(a - b) for a, b in zip(ref, t.behavior_logprobs, strict=True)) < 1e-4
 
     restored = worker.load_weights(v + 1, list(model.named_parameters()))  # later tests see the policy
-    assert fingerprints_match(restored["fingerprint"], weights_fingerprint(model.named_parameters()))
+    assert hash_mismatches(tensor_hashes(model.named_parameters()), restored["hashes"]) == []
+
+
+def one_ulp_up(named: list[tuple[str, torch.Tensor]], name: str) -> list[tuple[str, torch.Tensor]]:
+    """named with one element of tensor `name` moved to the next representable value up."""
+    out = []
+    for n, t in named:
+        if n == name:
+            t = t.clone()
+            t.view(-1)[7] = torch.nextafter(t.view(-1)[7], torch.tensor(math.inf, dtype=t.dtype))
+        out.append((n, t))
+    return out
+
+
+def test_read_back_hashes_equal_the_sent_hashes_and_one_ulp_is_named(worker, policy):
+    """The exact sync check end to end on a real engine: what load_weights reads back (through vLLM's
+    fused gate_up_proj, packed CPU kernels and padded embedding) hashes like what was sent, tensor by
+    tensor, and one ulp in one sent tensor is named by the driver's comparison."""
+    from orchestrator.generators import check_loaded
+    from orchestrator.runtime import RoleError
+
+    _, model, _, _ = policy
+    name = "model.layers.1.mlp.up_proj.weight"  # half of a fused gate_up_proj in the engine
+    sent = perturbed(model, scale=0.05, seed=6)
+    v = worker.get_version() + 1
+    info = worker.load_weights(v, sent)
+    check_loaded(0, v, tensor_hashes(sent), info["hashes"])  # equal: no error
+    off = one_ulp_up(sent, name)
+    with pytest.raises(RoleError, match=rf"generator 0 .* version {v}: 1 of {len(sent)} .*{re.escape(name)}"):
+        check_loaded(0, v, tensor_hashes(off), info["hashes"])
+    # The engine itself tells one ulp apart: load the changed weights and only that tensor differs.
+    info = worker.load_weights(v + 1, off)
+    assert hash_mismatches(tensor_hashes(sent), info["hashes"]) == [name]
+    # bfloat16 sent into this float32 engine: read back in the dtype that was sent, it hashes equal.
+    bf16 = [(n, t.bfloat16()) for n, t in sent]
+    info = worker.load_weights(v + 2, bf16)
+    assert hash_mismatches(tensor_hashes(bf16), info["hashes"]) == []
+    worker.load_weights(v + 3, list(model.named_parameters()))  # later tests see the policy
+
+
+def test_receive_weights_from_a_gloo_broadcast(worker, policy):
+    """The collective sync's receiving side inside the vLLM worker; the sender (learner rank 0 in a run)
+    is a thread here, as the in-process receive call blocks until every tensor arrived."""
+    from engine.broadcast import BroadcastChannel, weights_meta
+    from engine.build import free_port
+
+    _, model, _, _ = policy
+    sent = perturbed(model, scale=0.05, seed=7)
+    port, out = free_port(), {}
+
+    def send() -> None:
+        channel = BroadcastChannel(
+            master_addr="127.0.0.1", master_port=port, rank=0, world_size=2, backend="gloo", timeout_s=60
+        )
+        out["count"] = channel.send(sent)
+        channel.close()
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    v = worker.get_version() + 1
+    info = worker.receive_weights(
+        v,
+        master_addr="127.0.0.1",
+        master_port=port,
+        rank=1,
+        world_size=2,
+        meta=weights_meta(sent),
+        backend="gloo",
+        device="cpu",
+        timeout_s=60,
+    )
+    sender.join(timeout=60)
+    assert out["count"] == len(sent) and info["version"] == v == worker.get_version()
+    assert hash_mismatches(tensor_hashes(sent), info["hashes"]) == []
+    live = dict(worker.live_weights())
+    assert all(torch.equal(live[n], t) for n, t in sent)
+    worker.load_weights(v + 1, list(model.named_parameters()))  # later tests see the policy
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the packed-copy quirk is vLLM's CPU backend")
@@ -270,7 +348,7 @@ def test_bare_vllm_reload_leaves_tied_lm_head_stale_and_read_back_catches_it(wor
     with pytest.raises(RuntimeError, match="lm_head"):
         worker.live_weights()
     worker.load_weights(worker.get_version() + 1, list(model.named_parameters()))
-    assert fingerprints_match(worker.fingerprint(), weights_fingerprint(model.named_parameters()))
+    assert hash_mismatches(worker.weight_hashes(), tensor_hashes(model.named_parameters())) == []
 
 
 def test_ray_actor_streams_and_loads_weights(policy):
@@ -301,7 +379,7 @@ def test_ray_actor_streams_and_loads_weights(policy):
 
         new = perturbed(model, scale=0.05, seed=5)
         info = ray.get(actor.load_weights.remote(1, new), timeout=120)
-        assert info["version"] == 1 and fingerprints_match(info["fingerprint"], weights_fingerprint(new))
+        assert info["version"] == 1 and hash_mismatches(tensor_hashes(new), info["hashes"]) == []
         trajs = ray.get(
             actor.generate.remote(requests_for(prompts[:1]), n=1, temperature=1.0, max_tokens=4), timeout=120
         )
