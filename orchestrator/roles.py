@@ -112,6 +112,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
             model_dir=policy_dir,
             critic_dir=cfg.model.critic,
             train=train_settings(cfg, cfg.learner.critic_lr, total_updates),
+            backend=cfg.learner.backend,  # its own one-rank world; nccl puts DeepSpeed on the GPU Ray gave it
             value_clip=cfg.algo.value_clip,
             loss_agg=cfg.algo.loss_agg,
             seed=cfg.seed,

@@ -293,8 +293,9 @@ def _cross_field(cfg: DictConfig) -> None:
             f"rollout.max_new_tokens ({r.max_new_tokens}) must be < rollout.max_model_len "
             f"({r.max_model_len}) to leave room for the prompt"
         )
-    if learner.backend == "nccl" and cfg.cluster.roles.learner.num_gpus <= 0:
-        raise ConfigError("learner.backend=nccl needs cluster.roles.learner.num_gpus > 0")
+    for role, used in (("learner", True), ("critic", needs_critic(cfg))):  # the roles DeepSpeed trains
+        if used and learner.backend == "nccl" and cfg.cluster.roles[role].num_gpus <= 0:
+            raise ConfigError(f"learner.backend=nccl needs cluster.roles.{role}.num_gpus > 0")
     if cfg.sync.method == "collective" and learner.backend == "nccl" and cfg.cluster.roles.generator.num_gpus <= 0:
         # the broadcast runs over learner.backend, and NCCL moves CUDA tensors only
         raise ConfigError("sync.method=collective with learner.backend=nccl needs cluster.roles.generator.num_gpus > 0")

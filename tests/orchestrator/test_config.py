@@ -136,6 +136,10 @@ def test_bad_value_names_the_field(override, expected):
         (["task.min_steps=6", "task.max_steps=3"], ["task.min_steps", "task.max_steps"]),
         (["rollout.group_size=1", "learner.micro_batch_size=8"], ["algo.estimator", "rollout.group_size"]),
         (["learner.backend=nccl"], ["learner.backend", "cluster.roles.learner.num_gpus"]),
+        (  # the critic is a DeepSpeed world of its own, over learner.backend too
+            ["learner.backend=nccl", "cluster.roles.learner.num_gpus=1", "algo.estimator=gae"],
+            ["learner.backend", "cluster.roles.critic.num_gpus"],
+        ),
         (
             ["learner.backend=nccl", "cluster.roles.learner.num_gpus=1", "sync.method=collective"],
             ["sync.method=collective", "learner.backend=nccl", "cluster.roles.generator.num_gpus"],
