@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from algo import registry
 from algo.batch import add_response_values, batch_advantages, collate, correct_response_mask
 from algo.trajectory import PromptRequest
 from orchestrator.config import SYNC_METHODS
@@ -33,7 +34,7 @@ class StepSettings:
     train_policy: bool  # False during critic warm-up
     pad_id: int
     timeout_s: float
-    sync_method: str = "object_store"  # sync.method
+    sync_method: str  # sync.method
 
 
 def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: int) -> tuple[dict, list]:
@@ -89,19 +90,29 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
     return metrics, rollout.trajectories
 
 
-def publish_weights(roles, version: int, timeout_s: float, method: str = "object_store") -> dict:
+def publish_weights(roles, version: int, timeout_s: float, method: str) -> dict:
     """Learner publishes `version` by `method` (sync.method); every generator loads it with generation
     paused; the hashes of every generator's read-back weights must equal those of what the learner sent
     (a dead generator is replaced by one that loads it)."""
     t0 = time.time()
-    learner, pool = roles.learner, roles.generators
-    learner.fingerprint()  # raises unless every learner rank holds rank 0's weights (what is sent)
-    if method == "collective":
-        channel = learner.weight_channel(world_size=1 + len(pool.actors))
-        metrics = pool.receive_weights(version, channel, lambda: learner.send_weights(channel), learner.export_weights)
-    elif method == "object_store":
-        ref = learner.export_weights()
-        metrics = pool.load_weights(Published(version, learner.last_export["hashes"], ref))
-    else:
+    if method not in SYNC:
         raise ValueError(f"sync.method {method!r}: expected one of {', '.join(SYNC_METHODS)}")
+    roles.learner.fingerprint()  # raises unless every learner rank holds rank 0's weights (what is sent)
+    metrics = SYNC[method](roles.learner, roles.generators, version)
     return {"policy_version": version, **metrics, "sync/total_s": time.time() - t0}
+
+
+def _sync_object_store(learner, pool, version: int) -> dict:
+    """Rank 0's weights go into Ray's object store once; every generator loads them from there."""
+    ref = learner.export_weights()
+    return pool.load_weights(Published(version, learner.last_export["hashes"], ref))
+
+
+def _sync_collective(learner, pool, version: int) -> dict:
+    """Rank 0 broadcasts tensor by tensor to every generator's vLLM worker (learner.backend)."""
+    channel = learner.weight_channel(world_size=1 + len(pool.actors))
+    return pool.receive_weights(version, channel, lambda: learner.send_weights(channel), learner.export_weights)
+
+
+# sync.method (orchestrator.config.SYNC_METHODS) -> the function _sync_<method> above
+SYNC = registry.bind(SYNC_METHODS, globals(), "_sync_")

@@ -36,6 +36,7 @@ SETTINGS = StepSettings(
     train_policy=True,
     pad_id=1,
     timeout_s=30.0,
+    sync_method="object_store",
 )
 REQUESTS = [PromptRequest(prompt_id=f"p{g}", group_id=g, text=f"prompt {g}") for g in (0, 1)]
 
