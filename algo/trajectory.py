@@ -46,3 +46,6 @@ class PromptRequest:
     answer: str = ""  # gold answer (for the outcome verifier)
     question: str = ""  # the question before any chat template, passed on to the reward sources; "" = text
     samples: tuple[int, ...] | None = None  # sample indices to draw; None: 0..n-1 (a re-issue asks for fewer)
+    # Steps already written (generation from a prefix: labelling and search continue a partial solution).
+    # Tokenized apart from the prompt, as the policy's own steps were; the response holds only what follows.
+    prefix: str = ""

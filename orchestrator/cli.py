@@ -35,12 +35,31 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run_bench",
         "time generation, scoring, learner step and weight sync over train.steps real steps; writes JSON",
     ),
+    "label": (
+        "orchestrator.label_command",
+        "run_label_command",
+        "step-labelled JSONL from policy samples: oracle, Monte-Carlo (hard / soft), prover values, corrupted gold",
+    ),
+    "train-prm": (
+        "orchestrator.prm_command",
+        "run_train_prm_command",
+        "train a process reward model with DeepSpeed on step labels (labels first if none are named); judge it",
+    ),
+    "search": (
+        "orchestrator.search_command",
+        "run_search_command",
+        "test-time search with a PRM on held-out problems: votes, best-of-N, beam, MCTS, rejection sampling",
+    ),
     "config": (
         "orchestrator.cli",
         "show_config",
         "validate a config and print it resolved (--explain: every field with its doc)",
     ),
 }
+
+# Commands that build no reward worker: a reward.sources model directory may not exist yet (the PRM pipeline's
+# config names the PRM that its own steprl train-prm writes).
+WITHOUT_REWARD_WORKER = ("sft", "eval", "label", "train-prm", "search")
 
 
 def show_config(cfg, args) -> dict:
@@ -77,7 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     overrides = [_alias(o) for o in args.overrides]
     try:
         # `steprl config` validates a recipe anywhere: the files it names live where it will run.
-        cfg = load_config(args.config, overrides, check_files=args.command != "config")
+        cfg = load_config(
+            args.config,
+            overrides,
+            check_files=args.command != "config",
+            check_reward_models=args.command not in WITHOUT_REWARD_WORKER,
+        )
         module, func, _ = COMMANDS[args.command]
         summary = getattr(importlib.import_module(module), func)(cfg, args)
     except ConfigError as e:  # from validation, or found when the command starts (a missing model dir)
@@ -107,9 +131,15 @@ def _is_role_failure(e: Exception) -> bool:
     return isinstance(e, (RoleError, LearnerError))
 
 
+# Short forms: `policy=DIR` (steprl eval CONFIG policy=DIR) and `prm=DIR` (steprl search CONFIG prm=DIR).
+ALIASES = {"policy=": "model.policy=", "prm=": "prm.path="}
+
+
 def _alias(override: str) -> str:
-    """`policy=DIR` is short for `model.policy=DIR` (steprl eval CONFIG policy=DIR)."""
-    return "model." + override if override.startswith("policy=") else override
+    for short, full in ALIASES.items():
+        if override.startswith(short):
+            return full + override[len(short) :]
+    return override
 
 
 if __name__ == "__main__":

@@ -19,6 +19,10 @@ ROLES = ("generator", "reward", "critic", "reference", "learner")
 DTYPES = ("float32", "bfloat16")
 # How new weights reach the generators (learner/weights.py).
 SYNC_METHODS = ("object_store", "collective")
+# How steps get labels (steprl label), and the test-time search methods (steprl search): each name is bound to
+# its implementation in orchestrator/labelling.py and orchestrator/searching.py.
+LABEL_KINDS = ("oracle", "mc_hard", "mc_soft", "prover", "corrupt")
+SEARCH_METHODS = ("greedy", "majority", "bon_product", "bon_min", "bon_last", "weighted", "beam", "mcts", "reject")
 
 
 def _names(names) -> str:
@@ -103,6 +107,12 @@ class RewardSourceConfig:
     name: str = f("oracle", "reward source: oracle (step verifier), outcome (answer checker), prm (learned PRM)")
     weight: float = f(1.0, "weight of this source when sources are combined")
     path: Optional[str] = f(None, "model directory (prm only)")
+    format: str = f(
+        "token_classification",
+        "prm input layout: token_classification (ours: a head read at the step delimiter) | step_tag "
+        "(Math-Shepherd: a causal LM's '+'/'-' logits at a 'ки' tag) | separator_head (Qwen2.5-Math-PRM: "
+        "a 2-class head at '<extra_0>') (prm only)",
+    )
 
 
 @dataclass
@@ -111,7 +121,7 @@ class RewardConfig:
         lambda: [RewardSourceConfig("oracle", 1.0), RewardSourceConfig("outcome", 1.0)],
         "reward sources; step sources (oracle, prm) give step rewards, outcome sources the outcome reward",
     )
-    meaning: str = f("step_correct", "what an oracle step reward means: step_correct | prefix_correct")
+    meaning: str = f("step_correct", "what an oracle step reward means: step_correct | prefix_correct | strict_step")
     transform: str = f("identity", f"step reward transform: {_names(registry.TRANSFORMS)}")
     transform_params: dict[str, float] = f(
         {}, "parameters of the transform, overriding its defaults (algo.registry.TRANSFORMS)"
@@ -200,6 +210,60 @@ class TrainConfig:
 
 
 @dataclass
+class LabelConfig:
+    kinds: list[str] = f(
+        ["mc_soft"],
+        f"label kinds written by steprl label, all on the same policy samples: {_names(LABEL_KINDS)} (oracle: "
+        "the arithmetic oracle; mc_hard / mc_soft: Monte-Carlo completions from each step prefix, any / fraction "
+        "correct; prover: best-of-K prover success probability; corrupt: gold solutions with one inserted error)",
+    )
+    meaning: str = f(
+        "step_correct",
+        "oracle meaning of the oracle and corrupt kinds, and the oracle labels the other kinds are compared with",
+    )
+    num_problems: int = f(128, "train-split problems whose policy samples are labelled")
+    samples_per_problem: int = f(4, "policy samples labelled per problem (corrupt: gold solutions corrupted)")
+    rollouts: int = f(8, "completions from every step prefix (mc_hard, mc_soft, prover)")
+    prover_policy: Optional[str] = f(None, "policy directory of the prover (prover kind); null = model.policy")
+    prover_k: int = f(4, "the prover is best-of-K of prover_policy: value = 1 - (1 - p)^K")
+    heldout_problems: int = f(100, "eval-split problems whose policy samples are oracle-labelled to judge PRMs")
+    temperature: float = f(1.0, "sampling temperature of the labelled samples and of the completions")
+
+
+@dataclass
+class PrmConfig:
+    path: Optional[str] = f(None, "PRM directory steprl search scores with (steprl train-prm writes run_dir/prm)")
+    format: str = f("token_classification", "layout of the PRM at prm.path (as reward.sources[].format)")
+    train_file: Optional[str] = f(
+        None, "step-labelled JSONL to train on; null = run steprl label first and use label.kinds[0]"
+    )
+    heldout_file: Optional[str] = f(
+        None, "oracle-labelled JSONL the PRM is judged on; null = the held-out file steprl label writes"
+    )
+    base: Optional[str] = f(None, "model the PRM starts from (HF directory); null = model.policy's backbone")
+    epochs: int = f(3, "passes over the labelled steps")
+    batch_size: int = f(32, "labelled solutions per optimizer step")
+    lr: float = f(5e-4, "peak learning rate (AdamW, linear warm-up then cosine)")
+    warmup_steps: int = f(20, "linear warm-up in optimizer steps")
+    threshold: float = f(0.5, "a step scored below this is flagged wrong (first-error F1, rejection sampling)")
+
+
+@dataclass
+class SearchConfig:
+    methods: list[str] = f(list(SEARCH_METHODS), f"test-time methods of steprl search: {_names(SEARCH_METHODS)}")
+    budgets: list[int] = f([1, 4, 16, 64], "N: samples per problem (beam: width x expansions; mcts: simulations)")
+    num_problems: int = f(200, "held-out problems (the eval split, eval's fixed set)")
+    temperature: float = f(1.0, "sampling temperature of every method but greedy")
+    aggregation: str = f(
+        "min", "how step values make a solution's score in weighted, beam and mcts: product | min | last"
+    )
+    expansions: int = f(4, "beam: children per beam per step (width = N / expansions)")
+    mcts_children: int = f(4, "mcts: children of a node before it is fully expanded")
+    c_uct: float = f(1.0, "mcts: exploration constant of UCT")
+    max_depth: int = f(12, "step-level methods stop after this many steps")
+
+
+@dataclass
 class RoleResources:
     num_cpus: float = f(0.25, "Ray CPUs reserved per actor of this role")
     num_gpus: float = f(0.0, "Ray GPUs reserved per actor of this role")
@@ -233,4 +297,7 @@ class ExperimentConfig:
     sync: SyncConfig = f(SyncConfig, "weight sync from the learner to the generators")
     eval: EvalConfig = f(EvalConfig, "held-out evaluation")
     train: TrainConfig = f(TrainConfig, "the RL loop")
+    label: LabelConfig = f(LabelConfig, "step labels for PRM training (steprl label)")
+    prm: PrmConfig = f(PrmConfig, "PRM training and judging (steprl train-prm), the PRM steprl search uses")
+    search: SearchConfig = f(SearchConfig, "test-time search on held-out problems (steprl search)")
     cluster: ClusterConfig = f(ClusterConfig, "Ray cluster and placement")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,28 +72,11 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         return ray.remote(cls).options(**placement.options(role), max_restarts=n, max_task_retries=n)
 
     r = cfg.rollout
-
-    def make_generator(i: int):
-        return (
-            ray.remote(GeneratorWorker)
-            .options(**placement.options("generator", i))
-            .remote(
-                policy_dir,
-                seed=cfg.seed,
-                dtype=cfg.model.dtype,
-                max_model_len=r.max_model_len,
-                kv_cache_gb=r.kv_cache_gb,
-                step_delimiter=r.step_delimiter,
-                enforce_eager=r.enforce_eager,
-                gpu_memory_utilization=r.gpu_memory_utilization,
-                replica=i,
-                log_file=log(f"generator-{i}"),
-                **common,
-            )
-        )
-
     generators = GeneratorPool(
-        make_generator, r.num_generators, max_restarts=cfg.train.max_actor_restarts, timeout_s=timeout
+        generator_maker(cfg, policy_dir, placement, log),
+        r.num_generators,
+        max_restarts=cfg.train.max_actor_restarts,
+        timeout_s=timeout,
     )
     reward = restartable(RewardWorker, "reward").remote(
         tokenizer_dir=policy_dir,
@@ -176,6 +161,66 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         placement,
         tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code),
     )
+
+
+def generator_maker(cfg: DictConfig, policy_dir: str, placement: Placement, log: Callable[[str], str | None]):
+    """make(i): the GeneratorWorker actor of replica i of `policy_dir`, in its placement bundle."""
+    r = cfg.rollout
+
+    def make_generator(i: int):
+        return (
+            ray.remote(GeneratorWorker)
+            .options(**placement.options("generator", i))
+            .remote(
+                policy_dir,
+                seed=cfg.seed,
+                dtype=cfg.model.dtype,
+                max_model_len=r.max_model_len,
+                kv_cache_gb=r.kv_cache_gb,
+                step_delimiter=r.step_delimiter,
+                enforce_eager=r.enforce_eager,
+                gpu_memory_utilization=r.gpu_memory_utilization,
+                replica=i,
+                log_file=log(f"generator-{i}"),
+                threads=cfg.cluster.threads_per_actor,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
+        )
+
+    return make_generator
+
+
+def start_generators(cfg: DictConfig, policy_dir: str, run_dir: str) -> tuple[GeneratorPool, Placement]:
+    """Only the generator replicas of `policy_dir` (labelling and search need no learner), ready."""
+    log_dir = logs_dir(run_dir)
+    counts = {"generator": cfg.rollout.num_generators}
+    placement = Placement(cfg.cluster.placement_strategy, plan_bundles(counts, plain_dict(cfg.cluster.roles)))
+    placement.create(cfg.train.timeout_s)
+    pool = GeneratorPool(
+        generator_maker(cfg, policy_dir, placement, lambda name: os.path.join(log_dir, f"{name}.log")),
+        cfg.rollout.num_generators,
+        max_restarts=cfg.train.max_actor_restarts,
+        timeout_s=cfg.train.timeout_s,
+    )
+    pool.wait_ready()
+    return pool, placement
+
+
+@contextmanager
+def generator_session(cfg: DictConfig, policy_dir: str, run_dir: str) -> Iterator[GeneratorPool]:
+    """Ray (started here unless already up) and the generator replicas of `policy_dir`, torn down on exit."""
+    from orchestrator.runtime import init_ray
+
+    started = not ray.is_initialized()
+    init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
+    pool, placement = start_generators(cfg, policy_dir, run_dir)
+    try:
+        yield pool
+    finally:
+        pool.shutdown()
+        placement.remove()
+        if started:
+            ray.shutdown()
 
 
 def train_settings(cfg: DictConfig, lr: float, total_updates: int) -> TrainSettings:

@@ -19,12 +19,21 @@ from omegaconf.errors import OmegaConfBaseException
 
 from algo import registry
 from algo.schedules import SCHEDULES
-from orchestrator.config import DTYPES, ROLES, SYNC_METHODS, ExperimentConfig, RoleResources
+from algo.search import AGGREGATIONS
+from orchestrator.config import (
+    DTYPES,
+    LABEL_KINDS,
+    ROLES,
+    SEARCH_METHODS,
+    SYNC_METHODS,
+    ExperimentConfig,
+    RoleResources,
+)
 from tasks import TASKS
 from tasks.arithmetic import OPERATORS
 from tasks.chat import CHAT_TEMPLATES
 from tasks.oracle import STEP_MEANINGS
-from workers.sources import SOURCES
+from workers.sources import PRM_FORMATS, SOURCES
 
 # Every choice below comes from the registry that implements it (all of them torch-free, so a bad config
 # fails in a fraction of a second); tests/orchestrator/test_config.py checks that no second list exists.
@@ -34,9 +43,13 @@ class ConfigError(ValueError):
     """A config problem, message starting with the dotted field name."""
 
 
-def load_config(path: str | None, overrides: Sequence[str] = (), check_files: bool = True) -> DictConfig:
+def load_config(
+    path: str | None, overrides: Sequence[str] = (), check_files: bool = True, check_reward_models: bool = True
+) -> DictConfig:
     """Schema <- YAML file <- dotlist overrides, validated; returns a read-only DictConfig.
-    check_files=False skips the checks that named files exist (to validate a cluster recipe elsewhere)."""
+    check_files=False skips the checks that named files exist (to validate a cluster recipe elsewhere);
+    check_reward_models=False skips only the reward sources' model directories (commands that build no reward
+    worker, e.g. steprl train-prm, which writes the PRM a later steprl train of the same config scores with)."""
     layers = []
     if path is not None:
         if not os.path.isfile(path):
@@ -65,7 +78,7 @@ def load_config(path: str | None, overrides: Sequence[str] = (), check_files: bo
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
     validate(cfg)
     if check_files:
-        validate_files(cfg)
+        validate_files(cfg, check_reward_models)
     OmegaConf.set_readonly(cfg, True)
     return cfg
 
@@ -172,7 +185,33 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("reward.max_masked_steps", _positive, lambda: "an integer >= 1"),
     ("cluster.placement_strategy", *_choices(("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))),
     ("cluster.threads_per_actor", _positive, lambda: "an integer >= 1"),
+    (
+        "label.kinds",
+        lambda v: bool(v) and set(v) <= set(LABEL_KINDS),
+        lambda: "a non-empty list of " + _or(LABEL_KINDS),
+    ),
+    ("label.meaning", *_choices(STEP_MEANINGS)),
+    ("label.num_problems", _positive, lambda: "an integer >= 1"),
+    ("label.samples_per_problem", _positive, lambda: "an integer >= 1"),
+    ("label.rollouts", _positive, lambda: "an integer >= 1"),
+    ("label.prover_k", _positive, lambda: "an integer >= 1"),
+    ("label.heldout_problems", _positive, lambda: "an integer >= 1"),
+    ("prm.epochs", _positive, lambda: "an integer >= 1"),
+    ("prm.batch_size", _positive, lambda: "an integer >= 1"),
+    ("prm.lr", _positive, lambda: "a number > 0"),
+    ("prm.threshold", lambda v: 0 < v < 1, lambda: "a number in (0, 1)"),
+    ("search.methods", lambda v: bool(v) and set(v) <= set(SEARCH_METHODS), lambda: "a list of " + _or(SEARCH_METHODS)),
+    ("search.budgets", lambda v: bool(v) and all(n >= 1 for n in v), lambda: "a non-empty list of integers >= 1"),
+    ("search.num_problems", _positive, lambda: "an integer >= 1"),
+    ("search.aggregation", *_choices(tuple(AGGREGATIONS))),
+    ("search.expansions", _positive, lambda: "an integer >= 1"),
+    ("search.mcts_children", _positive, lambda: "an integer >= 1"),
+    ("search.max_depth", _positive, lambda: "an integer >= 1"),
 ]
+
+
+def _or(names: tuple) -> str:
+    return ", ".join(names)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -190,6 +229,10 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"reward.sources[{i}].weight: bad value {src.weight!r}; allowed: a number >= 0")
         if spec.needs_path and not src.path:
             raise ConfigError(f"reward.sources[{i}].path: the {src.name} source needs a model directory")
+        if src.name == "prm" and src.format not in PRM_FORMATS:
+            raise ConfigError(
+                f"reward.sources[{i}].format: bad value {src.format!r}; allowed: one of " + ", ".join(PRM_FORMATS)
+            )
         if spec.task_kinds is not None and cfg.task.kind not in spec.task_kinds:
             raise ConfigError(
                 f"reward.sources[{i}].name: the {src.name} source needs task.kind in "
@@ -208,10 +251,10 @@ def validate(cfg: DictConfig) -> None:
     _cross_field(cfg)
 
 
-def validate_files(cfg: DictConfig) -> None:
+def validate_files(cfg: DictConfig, check_reward_models: bool = True) -> None:
     """Files and directories the config names must exist (checked in the driver, before Ray starts)."""
     for i, src in enumerate(cfg.reward.sources):
-        if SOURCES[src.name].needs_path and not os.path.isdir(src.path):
+        if check_reward_models and SOURCES[src.name].needs_path and not os.path.isdir(src.path):
             raise ConfigError(f"reward.sources[{i}].path: no model directory at {src.path!r}")
     if cfg.task.kind == "jsonl":
         for key in ("train_path", "eval_path"):

@@ -1,4 +1,4 @@
-"""Oracle labels for arithmetic-chain responses: the three meanings of a step reward.
+"""Oracle labels for arithmetic-chain responses: three of the four meanings of a step reward.
 
 ``label_response(problem, response_text)`` never raises on model output. It returns, per step:
 
@@ -7,21 +7,31 @@
   So ``6-8=8 +4`` after a wrong ``1+5=7 -8+4`` is wrong (it does not use the 7), while ``7-8=9 +4`` is
   right: a step built on an earlier wrong result can still be right.
 - ``prefix_correct``: every step so far is right.
+- ``strict_step``: this step is right *against the true state*: its input value is the true running
+  value, it applies the true next operation, copies the true rest of the chain and computes the right
+  result. It neither builds on an earlier error (``7-8=9 +4`` above is not strict) nor is it blamed for
+  one it repairs (``6-8=8 +4`` above is strict). The k-th operation line is compared with the true state
+  after k-1 operations, so a strict operation line is the gold line k (numbers read as values); a skipped or repeated
+  operation puts the lines after it off their gold positions. An answer line is strict when all true
+  operations are done and it states the true final value.
 - ``outcome``: the last step is a complete answer line whose value equals the gold answer.
 
-The third meaning (``value``: probability that a rollout from this prefix ends correct, Math-Shepherd)
-is a property of a policy, not of a text; it is estimated with rollouts elsewhere.
+So ``prefix_correct`` implies ``strict_step`` (all steps right on the values they use means those values
+are the true ones), but neither ``strict_step`` nor ``step_correct`` implies the other. The fourth meaning
+(``value``: probability that a rollout from this prefix ends correct, Math-Shepherd) is a property of a
+policy, not of a text; it comes from Monte-Carlo rollouts, not from this oracle.
 
 Steps are the response's lines, split on "\\n": the k-th line is the k-th step span of the token-level
 segmentation. A last line without its "\\n" is a truncated step; it is labelled wrong (unfinished) and
 sets ``truncated``. Unparseable lines are wrong and leave the state unchanged for the steps after them;
-steps after the answer line are wrong (extra). Missing steps show as ``first_error == num_steps``.
+steps after the answer line are wrong (extra). These rules hold for every meaning. Missing steps show as
+``first_error == num_steps``; ``first_error`` always refers to ``step_correct``.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from tasks.arithmetic import ANSWER_PREFIX, STEP_DELIMITER, Problem, apply_op
@@ -33,10 +43,10 @@ _REST_RE = re.compile(r"([+\-*])" + _NUM)
 _ANSWER_RE = re.compile(re.escape(ANSWER_PREFIX) + _NUM)
 
 
-# What an oracle step reward can mean (reward.meaning): the per-step label fields of Labels. A third
-# meaning, "value" (Monte-Carlo rollouts from each step prefix, Math-Shepherd), needs the PRM lifecycle
-# (label prefixes with rollouts, train a PRM on them), which steprl does not have yet.
-STEP_MEANINGS = ("step_correct", "prefix_correct")
+# What an oracle step reward can mean (reward.meaning): the per-step label fields of Labels. The fourth
+# meaning, "value" (Monte-Carlo rollouts from each step prefix, Math-Shepherd), is not an oracle label: it
+# needs the PRM lifecycle (label prefixes with rollouts, train a PRM on them), which steprl lacks yet.
+STEP_MEANINGS = ("step_correct", "prefix_correct", "strict_step")
 
 
 @dataclass
@@ -50,6 +60,9 @@ class Labels:
     answer: str | None  # value of the last answer line seen, if any
     truncated: bool  # the last line has no "\n"
     reason: str  # first format problem, "" when format_ok
+    # one per step: right against the true state (see the module docstring). Last and defaulted so that
+    # outcome-only Labels (tasks.datasets.label_text_answer, no oracle: empty step lists) need not name it.
+    strict_step: list[bool] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,7 +79,8 @@ def split_lines(response_text: str) -> tuple[list[str], bool]:
 def _judge_line(
     line: str, value: int, remaining: list[tuple[str, int]], modulus: int
 ) -> tuple[str, bool, int, list[tuple[str, int]]]:
-    """Judge one line against the state it uses. Returns (kind, correct, new_value, new_remaining)."""
+    """Judge one line against a state (the used one, or the true one for strict_step).
+    Returns (kind, correct, new_value, new_remaining)."""
     m = _LINE_RE.fullmatch(line)
     if m is not None:
         a, op, b, r = int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
@@ -90,11 +104,19 @@ def label_response(problem: Problem, response_text: str) -> Labels:
     lines, truncated = split_lines(response_text)
     value = problem.operands[0]
     remaining = list(zip(problem.ops, problem.operands[1:], strict=True))
+    # The true state runs alongside the used one: it advances by one gold operation per operation line,
+    # whatever that line wrote, so the k-th operation line is judged against the truth after k-1 operations.
+    true_value, true_remaining = value, list(remaining)
     step_correct: list[bool] = []
+    strict_step: list[bool] = []
     reason, answer, answered, n_op_lines = "", None, False, 0
 
     for k, line in enumerate(lines):
         kind, correct, value, remaining = _judge_line(line, value, remaining, problem.modulus)
+        _, strict, _, _ = _judge_line(line, true_value, true_remaining, problem.modulus)
+        if kind == "op" and true_remaining:
+            op, b = true_remaining.pop(0)
+            true_value = apply_op(op, true_value, b, problem.modulus)
         unterminated = truncated and k == len(lines) - 1
         problem_here = (
             "truncated step"
@@ -108,6 +130,7 @@ def label_response(problem: Problem, response_text: str) -> Labels:
         if problem_here and not reason:
             reason = f"{problem_here} {k + 1}: {line[:40]!r}"
         step_correct.append(correct and not answered and not unterminated)
+        strict_step.append(strict and not answered and not unterminated)
         n_op_lines += kind == "op"
         if kind == "answer":
             answer, answered = line[len(ANSWER_PREFIX) :], True
@@ -127,5 +150,14 @@ def label_response(problem: Problem, response_text: str) -> Labels:
     # All present steps right but no answer line: the first missing step is the first error.
     first_error = wrong[0] if wrong else (None if answered else len(lines))
     return Labels(
-        step_correct, prefix_correct, outcome, reason == "", len(lines), first_error, answer, truncated, reason
+        step_correct=step_correct,
+        prefix_correct=prefix_correct,
+        outcome=outcome,
+        format_ok=reason == "",
+        num_steps=len(lines),
+        first_error=first_error,
+        answer=answer,
+        truncated=truncated,
+        reason=reason,
+        strict_step=strict_step,
     )

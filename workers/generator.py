@@ -20,6 +20,10 @@ draws; with a call seed, sample i of the request with group_id g uses ``derive_s
 so a sample re-issued elsewhere after a crash is drawn with the same seed. ``PromptRequest.samples``
 restricts a request to some sample indices (the re-issue of a dead replica's unfinished samples).
 
+Generation from a prefix: a request's ``prefix`` (steps already written) follows the prompt; the response
+holds only the continuation, and ``stop=[step_delimiter]`` ends it after one more step. Labelling (Monte-Carlo
+rollouts from every step prefix) and step-level search stand on it.
+
 Weight swap and pausing: the actor is single-threaded (Ray runs one method at a time unless
 max_concurrency is raised, which this class does not support), and ``generate`` / ``generate_stream``
 drain every request they add before they return. So ``load_weights`` / ``receive_weights`` can only run
@@ -136,8 +140,11 @@ class GeneratorWorker:
         _set_vllm_env(on_cpu)
         from vllm import LLM  # after the environment is set
 
+        # On CPU, no chunked prefill: a prompt split over two engine steps rewinds its per-request generator,
+        # which a CPU torch.Generator cannot do ("CPU Generator does not use offset"); every seeded call with
+        # more prompt tokens than one step's budget (4096) crashed, e.g. Monte-Carlo labelling from prefixes.
         memory = (
-            {"kv_cache_memory_bytes": int(kv_cache_gb * 2**30)}
+            {"kv_cache_memory_bytes": int(kv_cache_gb * 2**30), "enable_chunked_prefill": False}
             if on_cpu
             else {"gpu_memory_utilization": gpu_memory_utilization}
         )
@@ -223,7 +230,7 @@ class GeneratorWorker:
         pending: dict[str, tuple[PromptRequest, int]] = {}
         try:
             for k, req in enumerate(requests):
-                prompt = tokens_input(self._tokenizer.encode(req.text), prompt=req.text)  # tokenized once
+                prompt = tokens_input(self._prompt_ids(req), prompt=req.text + req.prefix)  # tokenized once
                 for i in range(n) if req.samples is None else req.samples:
                     params = base.clone()
                     params.seed = None if seed is None else derive_seed(seed, req.group_id, i)
@@ -248,6 +255,11 @@ class GeneratorWorker:
         finally:
             if pending:  # consumer stopped early or an error: leave the engine empty for the next call
                 engine.abort_request(list(pending))
+
+    def _prompt_ids(self, req: PromptRequest) -> list[int]:
+        """The prompt's ids, then the prefix's (apart, so no BPE merge crosses the prompt/response boundary)."""
+        ids = self._tokenizer.encode(req.text)
+        return ids + self._tokenizer.encode(req.prefix, add_special_tokens=False) if req.prefix else ids
 
     def _trajectory(self, output, req: PromptRequest, i: int, version: int) -> Trajectory:
         comp = output.outputs[0]
@@ -284,7 +296,7 @@ class GeneratorWorker:
             response_text=comp.text,
             answer=req.answer,
             question=req.question or req.text,
-            info={"replica": self.replica, "sample": i},
+            info={"replica": self.replica, "sample": i, **({"prefix": req.prefix} if req.prefix else {})},
         )
 
     # ----------------------------------------------------------------------------- weights
