@@ -50,6 +50,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
         "run_search_command",
         "test-time search with a PRM on held-out problems: votes, best-of-N, beam, MCTS, rejection sampling",
     ),
+    "prm-study": (
+        "orchestrator.prm_study",
+        "run_prm_study",
+        "the PRM report: every label kind against the oracle, a PRM per kind and meaning, search with the best one",
+    ),
     "config": (
         "orchestrator.cli",
         "show_config",
@@ -59,7 +64,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 # Commands that build no reward worker: a reward.sources model directory may not exist yet (the PRM pipeline's
 # config names the PRM that its own steprl train-prm writes).
-WITHOUT_REWARD_WORKER = ("sft", "eval", "label", "train-prm", "search")
+WITHOUT_REWARD_WORKER = ("sft", "eval", "label", "train-prm", "search", "prm-study")
 
 
 def show_config(cfg, args) -> dict:
@@ -86,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="dotlist overrides, key=value")
         if name == "config":
             p.add_argument("--explain", action="store_true", help="print every field with its doc")
+        if name == "prm-study":
+            p.add_argument("--out", default=None, help="report path without suffix (default run_dir/prm_study)")
         if name == "bench":
             p.add_argument("--out", default=None, help="JSON output path (default run_dir/bench.json)")
     return parser

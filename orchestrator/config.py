@@ -126,6 +126,10 @@ class RewardConfig:
     transform_params: dict[str, float] = f(
         {}, "parameters of the transform, overriding its defaults (algo.registry.TRANSFORMS)"
     )
+    replicas: int = f(1, "reward actors (cluster.roles.reward per replica); trajectories go to them in turn")
+    batch_size: int = f(
+        1, "trajectories per call to a reward actor (one batched PRM forward); 1 scores each as soon as it exists"
+    )
     max_masked_fraction: float = f(
         0.5,
         "stop the run when more than this fraction of a step's samples is masked "
@@ -241,6 +245,7 @@ class PrmConfig:
         None, "oracle-labelled JSONL the PRM is judged on; null = the held-out file steprl label writes"
     )
     base: Optional[str] = f(None, "model the PRM starts from (HF directory); null = model.policy's backbone")
+    val_fraction: float = f(0.1, "labelled rows held back to validate training settings (prm/val_loss, prm/val_auc)")
     epochs: int = f(3, "passes over the labelled steps")
     batch_size: int = f(32, "labelled solutions per optimizer step")
     lr: float = f(5e-4, "peak learning rate (AdamW, linear warm-up then cosine)")

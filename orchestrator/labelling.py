@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from algo.prm_metrics import predicted_first_error, step_auc
 from algo.search import Node, mc_step_values
+from orchestrator.config import LABEL_KINDS
 from orchestrator.stepwise import Expander, Judge, text_steps
 from tasks.datasets import StepExample
 
@@ -117,9 +118,8 @@ def _kind_corrupt(job: LabelJob) -> KindLabels:
     return KindLabels(solutions, values, {"rollouts": 0, "seconds": time.perf_counter() - t0})
 
 
-KINDS: dict[str, Callable[[LabelJob], KindLabels]] = {
-    name.removeprefix("_kind_"): fn for name, fn in list(globals().items()) if name.startswith("_kind_")
-}
+# label.kinds name -> its labeller, each bound by name (a kind without its _kind_<name> fails at import).
+KINDS: dict[str, Callable[[LabelJob], KindLabels]] = {name: globals()[f"_kind_{name}"] for name in LABEL_KINDS}
 
 
 def examples(job: LabelJob, labelled: KindLabels) -> list[StepExample]:

@@ -43,8 +43,8 @@ def run_train_prm_command(cfg: DictConfig, args=None) -> dict:
         heldout_file = os.path.join(labels_dir(run_dir), "heldout.jsonl")
         if not os.path.isfile(heldout_file):
             raise ConfigError(f"prm.heldout_file: null, and no {heldout_file} (run steprl label, or name a file)")
-    examples = read_labelled(train_file)
-    prm_dir = train_prm(cfg, examples, os.path.join(run_dir, "prm"), run_dir)
+    prm_dir = os.path.join(run_dir, "prm")
+    summary.update(fit_and_validate(cfg, read_labelled(train_file), prm_dir, run_dir))
     summary.update({"prm/dir": os.path.abspath(prm_dir), "prm/train_file": os.path.abspath(train_file)})
     summary.update(judge_prm(cfg, prm_dir, read_labelled(heldout_file)))
     summary["time_s"] = time.time() - t0
@@ -65,6 +65,42 @@ def read_labelled(path: str) -> list:
     if not examples:
         raise ConfigError(f"{path}: no labelled rows")
     return examples
+
+
+def fit_and_validate(cfg: DictConfig, examples: list, out_dir: str, run_dir: str) -> dict:
+    """Train on all but a seeded prm.val_fraction of the labelled rows; on those, the PRM's fit to its own kind
+    of labels: `prm/val_loss` (cross-entropy) and `prm/val_auc`. Choose training settings with these, never
+    with the held-out judgement."""
+    from algo.prm_metrics import step_auc
+
+    order = list(range(len(examples)))
+    random.Random(cfg.seed).shuffle(order)
+    n_val = int(len(examples) * cfg.prm.val_fraction)
+    val, train = [examples[i] for i in order[:n_val]], [examples[i] for i in order[n_val:]]
+    train_prm(cfg, train, out_dir, run_dir)
+    out: dict[str, float] = {"prm/train_rows": len(train), "prm/val_rows": len(val)}
+    if val:
+        scores = _load(cfg, out_dir).score([(ex.prompt, ex.steps) for ex in val])
+        pairs = [(s, y) for row, ex in zip(scores, val, strict=True) for s, y in zip(row, ex.labels, strict=True)]
+        eps = 1e-6
+        out["prm/val_loss"] = -sum(
+            y * math.log(max(s, eps)) + (1 - y) * math.log(max(1 - s, eps)) for s, y in pairs
+        ) / len(pairs)
+        out["prm/val_auc"] = step_auc([s for s, _ in pairs], [y > 0.5 for _, y in pairs])
+    return out
+
+
+def _load(cfg: DictConfig, prm_dir: str, fmt: str = "token_classification"):
+    from orchestrator.stepwise import load_prm
+
+    return load_prm(
+        prm_dir,
+        fmt,
+        delimiter=cfg.rollout.step_delimiter,
+        dtype=cfg.model.dtype,
+        device=None,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
 
 
 def train_prm(cfg: DictConfig, examples: list, out_dir: str, run_dir: str) -> str:
@@ -134,17 +170,8 @@ def train_prm(cfg: DictConfig, examples: list, out_dir: str, run_dir: str) -> st
 def judge_prm(cfg: DictConfig, prm_dir: str, heldout: list, fmt: str = "token_classification") -> dict:
     """Step AUC and first-error F1 of the PRM at prm_dir on held-out labelled solutions."""
     from algo.prm_metrics import first_error_f1, predicted_first_error, step_auc
-    from orchestrator.stepwise import load_prm
 
-    prm = load_prm(
-        prm_dir,
-        fmt,
-        delimiter=cfg.rollout.step_delimiter,
-        dtype=cfg.model.dtype,
-        device=None,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    scores = prm.score([(ex.prompt, ex.steps) for ex in heldout])
+    scores = _load(cfg, prm_dir, fmt).score([(ex.prompt, ex.steps) for ex in heldout])
     flat = [s for row in scores for s in row]
     out = {
         "prm/step_auc": step_auc(flat, [x > 0.5 for ex in heldout for x in ex.labels]),
@@ -154,7 +181,7 @@ def judge_prm(cfg: DictConfig, prm_dir: str, heldout: list, fmt: str = "token_cl
     # First errors (and, for arithmetic, every meaning) from the oracle, whatever meaning the file holds.
     truth = {"labels": [ex.labels for ex in heldout]}
     if cfg.task.kind == "arithmetic":
-        truth = _oracle_truth(heldout, cfg.rollout.step_delimiter)
+        truth = _oracle_truth(heldout, cfg.task.modulus, cfg.rollout.step_delimiter)
         for meaning, rows in truth.items():
             out[f"prm/step_auc_{meaning}"] = step_auc(flat, [x > 0.5 for row in rows for x in row])
     gold_rows = truth.get("step_correct", truth.get("labels", []))
@@ -165,16 +192,27 @@ def judge_prm(cfg: DictConfig, prm_dir: str, heldout: list, fmt: str = "token_cl
     return out
 
 
-def _oracle_truth(heldout: list, delimiter: str) -> dict[str, list[list[float]]]:
-    from tasks.arithmetic import problem_from_prompt
-    from tasks.oracle import STEP_MEANINGS, label_response
+def relabel(examples: list, meaning: str, modulus: int, delimiter: str = "\n") -> list:
+    """The same arithmetic solutions with the oracle's labels of `meaning` (questions are the chain prompts).
 
-    out: dict[str, list[list[float]]] = {m: [] for m in STEP_MEANINGS}
-    for ex in heldout:
-        labels = label_response(problem_from_prompt(ex.prompt), "".join(s + delimiter for s in ex.steps))
-        for m in STEP_MEANINGS:
-            out[m].append([float(x) for x in getattr(labels, m)])
+    A row does not record whether its last step was cut off (no delimiter before EOS or the length limit):
+    every step is taken as terminated, so such a step, wrong as written, is judged as if it were finished.
+    The tiny policy ends its lines almost always; labels written by steprl label saw the real text."""
+    from tasks.arithmetic import problem_from_prompt
+    from tasks.datasets import StepExample
+    from tasks.oracle import label_response
+
+    out = []
+    for ex in examples:
+        labels = label_response(problem_from_prompt(ex.prompt, modulus), "".join(s + delimiter for s in ex.steps))
+        out.append(StepExample(ex.prompt, list(ex.steps), [float(x) for x in getattr(labels, meaning)]))
     return out
+
+
+def _oracle_truth(heldout: list, modulus: int, delimiter: str) -> dict[str, list[list[float]]]:
+    from tasks.oracle import STEP_MEANINGS
+
+    return {m: [ex.labels for ex in relabel(heldout, m, modulus, delimiter)] for m in STEP_MEANINGS}
 
 
 def _print(summary: dict) -> None:

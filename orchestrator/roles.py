@@ -28,7 +28,7 @@ from workers.reward import RewardWorker
 @dataclass
 class Roles:
     generators: GeneratorPool
-    reward: Any
+    rewards: list[Any]  # reward.replicas RewardWorker actors
     learner: LearnerGroup
     critic: Any | None
     reference: Any | None
@@ -38,7 +38,7 @@ class Roles:
     def shutdown(self) -> None:
         self.learner.shutdown()
         self.generators.shutdown()
-        for actor in [self.reward, self.critic, self.reference]:
+        for actor in [*self.rewards, self.critic, self.reference]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
         self.placement.remove()
@@ -53,7 +53,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
     use_critic, use_ref = needs_critic(cfg), cfg.algo.kl_coef > 0
     counts = {
         "generator": cfg.rollout.num_generators,
-        "reward": 1,
+        "reward": cfg.reward.replicas,
         "learner": cfg.learner.num_ranks,
         "critic": int(use_critic),
         "reference": int(use_ref),
@@ -78,19 +78,22 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         max_restarts=cfg.train.max_actor_restarts,
         timeout_s=timeout,
     )
-    reward = restartable(RewardWorker, "reward").remote(
-        tokenizer_dir=policy_dir,
-        sources=OmegaConf.to_container(cfg.reward.sources),
-        meaning=cfg.reward.meaning,
-        transform=cfg.reward.transform,
-        transform_params=OmegaConf.to_container(cfg.reward.transform_params),
-        task_kind=cfg.task.kind,
-        modulus=cfg.task.modulus,
-        step_delimiter=r.step_delimiter,
-        dtype=cfg.model.dtype,  # of a prm source's model
-        log_file=log("reward"),
-        **common,
-    )
+    rewards = [
+        restartable(RewardWorker, "reward").remote(
+            tokenizer_dir=policy_dir,
+            sources=OmegaConf.to_container(cfg.reward.sources),
+            meaning=cfg.reward.meaning,
+            transform=cfg.reward.transform,
+            transform_params=OmegaConf.to_container(cfg.reward.transform_params),
+            task_kind=cfg.task.kind,
+            modulus=cfg.task.modulus,
+            step_delimiter=r.step_delimiter,
+            dtype=cfg.model.dtype,  # of a prm source's model
+            log_file=log(f"reward-{i}"),
+            **common,
+        )
+        for i in range(cfg.reward.replicas)
+    ]
     critic = reference = None
     if use_critic:
         critic = restartable(CriticWorker, "critic").remote(
@@ -149,12 +152,12 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         log_dir=log_dir,
     )
     generators.wait_ready()
-    for role, actor in (("reward", reward), ("critic", critic), ("reference", reference)):
+    for role, actor in (*(("reward", a) for a in rewards), ("critic", critic), ("reference", reference)):
         if actor is not None:
             ray_get(actor.__ray_ready__.remote(), role, "__init__", timeout)
     return Roles(
         generators,
-        reward,
+        rewards,
         learner,
         critic,
         reference,
@@ -251,7 +254,7 @@ def placement_report(roles: Roles, timeout_s: float) -> dict[str, list[str]]:
 
     actors = {
         "generator": roles.generators.actors,
-        "reward": [roles.reward],
+        "reward": roles.rewards,
         "learner": roles.learner.ranks,
         "critic": [roles.critic] if roles.critic else [],
         "reference": [roles.reference] if roles.reference else [],

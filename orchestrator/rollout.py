@@ -26,10 +26,11 @@ class Rollout:
 
 def stream_rollouts(
     generators: GeneratorPool,
-    reward,
+    rewards: list,
     requests: list[PromptRequest],
     sampling: dict,
     *,
+    reward_batch: int = 1,
     critic=None,
     reference=None,
     timeout_s: float,
@@ -37,21 +38,34 @@ def stream_rollouts(
     """Generate `sampling["n"]` responses per request over all generators, scoring each as it finishes.
 
     The result is in (group_id, sample index) order whatever the finishing order was: the batch, and so
-    every number the learner computes, does not depend on timing.
+    every number the learner computes, does not depend on timing. Trajectories go to the reward replicas in
+    turn, `reward_batch` at a time (one batched PRM forward each; 1 scores each the moment it exists).
     """
     t0 = time.time()
-    keys, scored, values, refs = [], [], [], []
+    keys, values, refs = [], [], []
+    scored: list = []  # one ObjectRef per reward call
+    pending: list = []  # trajectory refs not yet sent
+
+    def send_pending() -> None:
+        if pending:  # as separate arguments, so Ray resolves each ObjectRef before the call
+            scored.append(rewards[len(scored) % len(rewards)].score_group.remote(*pending))
+            pending.clear()
+
     for traj_ref, traj in generators.stream(requests, sampling):
         keys.append((traj.group_id, traj.info["sample"]))
-        scored.append(reward.score.remote(traj_ref))
+        pending.append(traj_ref)
+        if len(pending) >= reward_batch:
+            send_pending()
         if critic is not None:
             values.append(critic.traj_values.remote(traj_ref))
         if reference is not None:
             refs.append(reference.traj_logprobs.remote(traj_ref))
+    send_pending()
     gen_end = time.time()
     remaining = max(1.0, t0 + timeout_s - gen_end)
     order = sorted(range(len(keys)), key=keys.__getitem__)
-    trajectories = _ordered(ray_get(scored, "reward", "score", remaining), order)
+    batches = ray_get(scored, "reward", "score_group", remaining)
+    trajectories = _ordered([t for batch in batches for t in batch], order)
     out = Rollout(
         trajectories,
         _ordered(ray_get(values, "critic", "traj_values", remaining), order) if critic is not None else None,

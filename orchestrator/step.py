@@ -35,6 +35,7 @@ class StepSettings:
     pad_id: int
     timeout_s: float
     sync_method: str  # sync.method
+    reward_batch: int = 1  # reward.batch_size: trajectories per call to a reward replica
 
 
 def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: int) -> tuple[dict, list]:
@@ -42,9 +43,10 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
     t0 = time.time()
     rollout = stream_rollouts(
         roles.generators,
-        roles.reward,
+        roles.rewards,
         requests,
         s.sampling,
+        reward_batch=s.reward_batch,
         critic=roles.critic,
         reference=roles.reference,
         timeout_s=s.timeout_s,

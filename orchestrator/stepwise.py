@@ -144,9 +144,12 @@ class PrmScorer:
 def load_prm(path: str, fmt: str, *, delimiter: str, dtype: str, device: str | None, trust_remote_code: bool):
     """A PRM scorer of layout `fmt` from `path`, on `device` (None: the GPU if any) in dtype `dtype`; the
     token_classification layout reads each step at the policy's step delimiter."""
+    from transformers.utils import logging as hf_logging
+
     from engine.process import role_device, role_dtype
     from tasks.prm_formats import PRM_FORMATS
 
+    hf_logging.disable_progress_bar()  # a "Loading weights" bar per PRM load clutters our own bars
     dev, layout = role_device(device), PRM_FORMATS[fmt]
     options = {"separator": delimiter} if layout.uses_step_delimiter else {}
     return layout.load(

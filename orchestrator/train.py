@@ -186,6 +186,7 @@ def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
         pad_id=roles.pad_id,
         timeout_s=cfg.train.timeout_s,
         sync_method=cfg.sync.method,
+        reward_batch=cfg.reward.batch_size,
     )
 
 

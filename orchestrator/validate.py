@@ -183,6 +183,8 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("train.max_actor_restarts", lambda v: v >= 0, lambda: "an integer >= 0"),
     ("reward.max_masked_fraction", lambda v: 0 <= v <= 1, lambda: "a number in [0, 1]"),
     ("reward.max_masked_steps", _positive, lambda: "an integer >= 1"),
+    ("reward.replicas", _positive, lambda: "an integer >= 1"),
+    ("reward.batch_size", _positive, lambda: "an integer >= 1"),
     ("cluster.placement_strategy", *_choices(("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))),
     ("cluster.threads_per_actor", _positive, lambda: "an integer >= 1"),
     (
@@ -196,6 +198,8 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("label.rollouts", _positive, lambda: "an integer >= 1"),
     ("label.prover_k", _positive, lambda: "an integer >= 1"),
     ("label.heldout_problems", _positive, lambda: "an integer >= 1"),
+    ("prm.format", *_choices(PRM_FORMATS)),
+    ("prm.val_fraction", lambda v: 0 <= v < 1, lambda: "a number in [0, 1)"),
     ("prm.epochs", _positive, lambda: "an integer >= 1"),
     ("prm.batch_size", _positive, lambda: "an integer >= 1"),
     ("prm.lr", _positive, lambda: "a number > 0"),

@@ -8,6 +8,9 @@ The PRM follows the token-classification layout of Qwen2.5-Math-PRM (Zhang et al
 at the separator that closes each step. ``num_labels=1`` reads sigmoid(logit); ``num_labels=2`` reads
 softmax(logits)[1]. Its input is built step by step from token ids (question, step 1, separator,
 step 2, separator, ...), so the scored positions are exact by construction, never found by re-search.
+Stand-ins for the public PRM layouts of tasks/prm_formats.py (scored there, in batches):
+``make_tiny_step_tag_prm`` (Math-Shepherd, Wang et al. 2312.08935: a causal LM and a step tag token) and
+``make_tiny_separator_prm`` (Qwen2.5-Math-PRM, 2501.07301: a 2-class head at a "<extra_0>" separator).
 
 ``hf_generate`` is the plain Hugging Face generator (batched, left padding) used for evaluation and to
 check that vLLM decodes the same text.
@@ -28,6 +31,14 @@ from transformers import (
     Qwen2ForTokenClassification,
 )
 
+from tasks.prm_formats import (
+    MATH_SHEPHERD_BAD,
+    MATH_SHEPHERD_GOOD,
+    MATH_SHEPHERD_TAG,
+    QWEN_PRM_SEPARATOR,
+    TokenClassificationPRM,
+)
+from tasks.prm_formats import prm_input_ids as prm_input_ids  # re-exported: its callers import it from here
 from tasks.tokenizer import load_tokenizer
 
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -182,34 +193,58 @@ def make_tiny_prm(
     return model
 
 
-def prm_input_ids(
-    tokenizer: Any, question: str, steps: list[str], separator: str = "\n"
-) -> tuple[list[int], list[int]]:
-    """Token ids of question, step 1, separator, step 2, separator, ... and the index of the last
-    separator token of each step (the scored positions). Pieces are encoded one by one, so no BPE merge
-    can cross a step boundary and the positions are exact."""
-    sep_ids = tokenizer.encode(separator, add_special_tokens=False)
-    if not sep_ids:
-        raise ValueError(f"separator {separator!r} encodes to no tokens")
-    ids = list(tokenizer.encode(question, add_special_tokens=False))
-    positions = []
-    for step in steps:
-        ids += tokenizer.encode(step, add_special_tokens=False) + sep_ids
-        positions.append(len(ids) - 1)
-    return ids, positions
+def make_tiny_step_tag_prm(
+    out_dir: str | Path,
+    policy_dir: str | Path,
+    *,
+    step_tag: str = MATH_SHEPHERD_TAG,
+    good_token: str = MATH_SHEPHERD_GOOD,
+    bad_token: str = MATH_SHEPHERD_BAD,
+    seed: int = 0,
+) -> Qwen2ForCausalLM:
+    """A Math-Shepherd-layout PRM (tasks.prm_formats.StepTagPRM): the policy, a causal LM, with the step
+    tag added to its tokenizer as one token and the embeddings resized. Math-Shepherd fine-tunes an LM,
+    so the untrained stand-in is the policy itself: its "+"/"-" logits at each tag give the scores."""
+    model = Qwen2ForCausalLM.from_pretrained(str(policy_dir), dtype=torch.float32)
+    tokenizer = load_tokenizer(policy_dir)
+    tokenizer.add_tokens([step_tag])
+    for token in (step_tag, good_token, bad_token):
+        if len(tokenizer.encode(token, add_special_tokens=False)) != 1:
+            raise ValueError(f"make_tiny_step_tag_prm: {token!r} is not a single token of {policy_dir}")
+    torch.manual_seed(seed)  # the new embedding row is sampled around the mean of the others
+    model.resize_token_embeddings(len(tokenizer))
+    save_model_dir(model, tokenizer, out_dir)
+    return model
+
+
+def make_tiny_separator_prm(
+    out_dir: str | Path,
+    policy_dir: str | Path,
+    *,
+    separator: str = QWEN_PRM_SEPARATOR,
+    chat_template: str | None = None,
+    seed: int = 0,
+) -> Qwen2ForTokenClassification:
+    """A Qwen2.5-Math-PRM-layout stand-in (tasks.prm_formats.SeparatorHeadPRM): the policy backbone with
+    a zero 2-class head (0.5 everywhere until trained), the separator added as one special token and the
+    embeddings resized. ``chat_template`` (a Jinja string) is stored with the tokenizer if given: the
+    format then wraps the question and steps in it, as Qwen's reference usage does."""
+    model = _token_classifier_from(policy_dir, 2, seed)
+    tokenizer = load_tokenizer(policy_dir)
+    tokenizer.add_tokens([separator], special_tokens=True)
+    torch.manual_seed(seed)
+    model.resize_token_embeddings(len(tokenizer))
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    save_model_dir(model, tokenizer, out_dir)
+    return model
 
 
 @torch.no_grad()
 def prm_step_scores(model: Any, tokenizer: Any, question: str, steps: list[str], separator: str = "\n") -> list[float]:
-    """One score in [0, 1] per step: the PRM's probability that the step is correct."""
-    if not steps:
-        return []
-    ids, positions = prm_input_ids(tokenizer, question, steps, separator)
-    # On the model's device (a GPU reward actor); scores in float32 whatever the model's dtype.
-    logits = model(input_ids=torch.tensor([ids], device=model.device)).logits[0, positions].float()
-    if logits.shape[-1] == 1:
-        return torch.sigmoid(logits[:, 0]).tolist()
-    return torch.softmax(logits, dim=-1)[:, 1].tolist()
+    """One score in [0, 1] per step: the PRM's probability that the step is correct (one item of
+    tasks.prm_formats.TokenClassificationPRM, which scores many in batches)."""
+    return TokenClassificationPRM(model, tokenizer, separator=separator).score([(question, steps)])[0]
 
 
 def load_policy(model_dir: str | Path) -> Any:

@@ -65,7 +65,7 @@ class PrmTrainer:
             loss = torch.nn.functional.binary_cross_entropy_with_logits(scored, labels)
             self.engine.backward(loss)
             self.engine.step()
-            out.append({"loss": float(loss), "lr": float(self.engine.get_lr()[0])})
+            out.append({"loss": loss.item(), "lr": float(self.engine.get_lr()[0])})
         return out
 
     def _collate(self, examples: list[Example]):

@@ -4,17 +4,23 @@ Step sources give a probability per step (oracle step verifier, learned PRM); ou
 outcome reward (answer checker). Step rewards are the weighted mean of the step sources (so they stay
 probabilities for transforms such as log_prob), then the named transform of algo.transforms is applied;
 the outcome reward is the weighted sum of the outcome sources. The sources are the entries of
-workers/sources.py, each built by the method `_<name>_source`.
+workers/sources.py, each built from its config entry by the method `_<name>_source`; a prm source reads
+one of the PRM layouts of tasks/prm_formats.py (`format`: ours, Math-Shepherd 2312.08935's step tag,
+Qwen2.5-Math-PRM 2501.07301's separator head).
+`score_batch` scores several trajectories with one call per batched source (the PRM: one batched forward
+pass per chunk instead of one per trajectory); `score(traj)` is `score_batch([traj])[0]`.
 A source that fails is never turned into a number: the trajectory is returned with sample_valid=False and
-the error in info["reward_error"], and the driver masks and counts it.
+the error in info["reward_error"], and the driver masks and counts it. Only the trajectory that failed is
+masked: a batched call that fails is re-run one trajectory at a time to find which.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -29,6 +35,10 @@ if TYPE_CHECKING:
 # A step source returns one probability per step span; an outcome source returns one number.
 StepSource = Callable[[Trajectory, list[str]], list[float]]
 OutcomeSource = Callable[[Trajectory, list[str]], float]
+# The batched form of a step source: one score list per trajectory, for many trajectories in one call.
+BatchStepSource = Callable[[list[Trajectory], list[list[str]]], list[list[float]]]
+
+log = logging.getLogger(__name__)
 
 
 class RewardWorker:
@@ -61,11 +71,13 @@ class RewardWorker:
         self.task_kind, self.modulus, self.delimiter = task_kind, modulus, step_delimiter
         self.step_sources: list[tuple[str, float, StepSource]] = []
         self.outcome_sources: list[tuple[str, float, OutcomeSource]] = []
+        # step source -> its batched form, for the sources that have one (the prm)
+        self.batched_sources: dict[StepSource, BatchStepSource] = {}
         for src in sources:
             name, spec = src["name"], SOURCES[src["name"]]
             if spec.task_kinds is not None and task_kind not in spec.task_kinds:
                 raise ValueError(f"reward source {name!r} needs task.kind in {spec.task_kinds}, got {task_kind!r}")
-            fn = getattr(self, f"_{name}_source")(src.get("path"))  # the builder of each SOURCES entry
+            fn = getattr(self, f"_{name}_source")(src)  # the builder of each SOURCES entry
             target = self.step_sources if spec.gives == "step" else self.outcome_sources
             weight = float(src.get("weight", 1.0))
             if not weight >= 0:
@@ -78,35 +90,98 @@ class RewardWorker:
 
     # ------------------------------------------------------------------------------------------ api --
     def score(self, traj: Trajectory) -> Trajectory:
+        return self.score_batch([traj])[0]
+
+    def score_group(self, *trajs: Trajectory) -> list[Trajectory]:
+        """score_batch for Ray callers: each trajectory its own argument, so Ray resolves every ObjectRef."""
+        return self.score_batch(list(trajs))
+
+    def score_batch(self, trajs: list[Trajectory]) -> list[Trajectory]:
+        """Score every trajectory (in place, returned in order); one call per batched source for all of
+        them. A failure masks its own trajectory only. info["reward_s"] is each one's share of the batch
+        time, so summed over trajectories it stays the compute time."""
         t0 = time.time()
-        try:
-            # Decoding is inside the try: ids the tokenizer cannot decode mask the sample. Pieces of a
-            # multi-byte character decode to U+FFFD, which the sources see as ordinary (wrong) text.
-            step_texts = [_decode(self.tokenizer, traj.response_ids[s:e]) for s, e in traj.step_spans]
-            traj.info.update(self._oracle_labels(traj, step_texts))
-            traj.step_rewards = self._combine_steps(traj, step_texts)
-            traj.outcome_reward = self._combine_outcomes(traj, step_texts)
-        except Exception as e:  # noqa: BLE001 - any source failure masks the sample, it never becomes a number
+        texts: dict[int, list[str]] = {}  # step texts of the trajectories still being scored
+        errors: dict[int, Exception] = {}
+        for i, traj in enumerate(trajs):
+            try:
+                # Decoding is inside the try: ids the tokenizer cannot decode mask the sample. Pieces of a
+                # multi-byte character decode to U+FFFD, which the sources see as ordinary (wrong) text.
+                step_texts = [_decode(self.tokenizer, traj.response_ids[s:e]) for s, e in traj.step_spans]
+                traj.info.update(self._oracle_labels(traj, step_texts))
+                texts[i] = step_texts
+            except Exception as e:  # noqa: BLE001 - any source failure masks the sample, it never becomes a number
+                errors[i] = e
+        step_scores: dict[int, list[list[float]]] = {i: [] for i in texts}
+        for name, _, fn in self.step_sources:
+            # A trajectory without steps needs no source; one already failed is not asked again.
+            live = [i for i in texts if i not in errors and trajs[i].num_steps > 0]
+            results = self._run_step_source(fn, [trajs[i] for i in live], [texts[i] for i in live])
+            for i, result in zip(live, results, strict=True):
+                if isinstance(result, Exception):
+                    errors[i] = result
+                    continue
+                try:
+                    step_scores[i].append(checked_probabilities(name, result, trajs[i].num_steps))
+                except Exception as e:  # noqa: BLE001 - as above
+                    errors[i] = e
+        for i, step_texts in texts.items():
+            if i in errors:
+                continue
+            try:
+                trajs[i].step_rewards = self._combine_steps(trajs[i], step_scores[i])
+                trajs[i].outcome_reward = self._combine_outcomes(trajs[i], step_texts)
+            except Exception as e:  # noqa: BLE001 - as above
+                errors[i] = e
+        for i, err in errors.items():
+            traj = trajs[i]
             traj.sample_valid = False
             traj.step_rewards = [0.0] * traj.num_steps
             traj.outcome_reward = 0.0
-            traj.info["reward_error"] = f"{type(e).__name__}: {e}"
-        traj.info["reward_s"] = time.time() - t0
-        traj.info["scored_at"] = time.time()
-        return traj
+            traj.info["reward_error"] = f"{type(err).__name__}: {err}"
+        done = time.time()
+        for traj in trajs:
+            traj.info["reward_s"] = (done - t0) / len(trajs)
+            traj.info["scored_at"] = done
+        return trajs
 
     def ping(self) -> str:
         return "reward"
 
     # --------------------------------------------------------------------------------------- sources --
-    def _combine_steps(self, traj: Trajectory, step_texts: list[str]) -> list[float]:
+    def _run_step_source(
+        self, fn: StepSource, trajs: list[Trajectory], texts: list[list[str]]
+    ) -> list[list[float] | Exception]:
+        """fn's scores for each trajectory, or the exception it raised for that one.
+
+        A batched source scores them all in one call. If that call raises (or miscounts), the error cannot
+        be pinned on one trajectory, so each is re-run alone: only the ones that fail again are masked."""
+        batch = self.batched_sources.get(fn)
+        if batch is not None and len(trajs) > 1:
+            try:
+                out: list[list[float] | Exception] = list(batch(trajs, texts))
+                if len(out) == len(trajs):
+                    return out
+                log.warning("batched step source gave %d results for %d trajectories; one by one", len(out), len(trajs))
+            except Exception as e:  # noqa: BLE001 - attributed per trajectory below
+                log.warning("batched step source failed (%s: %s); scoring one by one", type(e).__name__, e)
+        results: list[list[float] | Exception] = []
+        for traj, step_texts in zip(trajs, texts, strict=True):
+            try:
+                results.append(fn(traj, step_texts))
+            except Exception as e:  # noqa: BLE001 - the caller masks this trajectory with it
+                results.append(e)
+        return results
+
+    def _combine_steps(self, traj: Trajectory, per_source: list[list[float]]) -> list[float]:
+        """Weighted mean of the step sources' checked probabilities (one list per source), transformed."""
         k = traj.num_steps
         if k == 0 or not self.step_sources:
             return [0.0] * k
         total = torch.zeros(k, dtype=torch.float64)
         weight = sum(w for _, w, _ in self.step_sources)
-        for name, w, fn in self.step_sources:
-            total += w * torch.tensor(checked_probabilities(name, fn(traj, step_texts), k), dtype=torch.float64)
+        for (_, w, _), scores in zip(self.step_sources, per_source, strict=True):
+            total += w * torch.tensor(scores, dtype=torch.float64)
         probs = (total / weight).float().unsqueeze(0)
         out = apply_reward_transform(self.transform, probs, torch.ones_like(probs), **self.transform_params)
         if not bool(torch.isfinite(out).all()):  # e.g. a transform parameter (log_z) that is itself inf
@@ -137,48 +212,61 @@ class RewardWorker:
         }
         return {**per_step, "outcome_correct": bool(labels.outcome), "format_ok": bool(labels.format_ok)}
 
-    def _oracle_source(self, path) -> StepSource:
+    def _oracle_source(self, src: dict) -> StepSource:
         def oracle(traj, step_texts):
             return [float(x) for x in traj.info[self.meaning]]
 
         return oracle
 
-    def _outcome_source(self, path) -> OutcomeSource:
+    def _outcome_source(self, src: dict) -> OutcomeSource:
         if self.task_kind == "arithmetic":
             return lambda traj, step_texts: float(traj.info["outcome_correct"])
         from tasks.datasets import check_answer
 
         return lambda traj, step_texts: float(check_answer(traj.response_text, traj.answer))
 
-    def _prm_source(self, path) -> StepSource:
-        from transformers import AutoModelForTokenClassification, AutoTokenizer
+    def _prm_source(self, src: dict) -> StepSource:
+        """A learned PRM in the layout src["format"] (tasks/prm_formats.py); batched over trajectories."""
+        from tasks.prm_formats import PRM_FORMATS
 
-        from tasks.models import prm_step_scores
+        fmt = src.get("format") or "token_classification"
+        if fmt not in PRM_FORMATS:
+            raise ValueError(f"reward source 'prm': unknown format {fmt!r}; valid: {', '.join(PRM_FORMATS)}")
+        layout = PRM_FORMATS[fmt]
+        # Our layout closes each step with the policy's step delimiter; the public ones bring their own marker.
+        options: dict[str, Any] = {"separator": self.delimiter} if layout.uses_step_delimiter else {}
+        scorer = layout.load(
+            src["path"],
+            dtype=role_dtype(self.dtype, self.device),
+            device=self.device,
+            trust_remote_code=self.trust_remote_code,
+            **options,
+        )
 
-        model = AutoModelForTokenClassification.from_pretrained(
-            path, dtype=role_dtype(self.dtype, self.device), trust_remote_code=self.trust_remote_code
-        ).eval()
-        model.requires_grad_(False)
-        model.to(self.device)  # prm_step_scores feeds its inputs to model.device, returns Python floats
-        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
+        def item(traj: Trajectory, step_texts: list[str]) -> tuple[str, list[str]]:
+            steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
+            return prm_question(traj), steps
 
         def prm(traj, step_texts):
-            steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
-            with torch.no_grad():
-                return list(prm_step_scores(model, tok, prm_question(traj), steps, self.delimiter))
+            return scorer.score([item(traj, step_texts)])[0]
 
+        def prm_batch(trajs, texts):
+            return scorer.score([item(t, s) for t, s in zip(trajs, texts, strict=True)])
+
+        self.batched_sources[prm] = prm_batch
         return prm
 
 
 def prm_question(traj: Trajectory) -> str:
     """The question a PRM scores the steps against: the raw question, never the policy's chat template.
 
-    Why raw: the PRM is its own model with its own tokenizer and input convention (tasks.models.prm_input_ids:
-    question text, then each step and the separator, as plain text). The policy's template markup
+    Why raw: the PRM is its own model with its own tokenizer and input convention (tasks/prm_formats.py;
+    ours: question text, then each step and the separator, as plain text). The policy's template markup
     (<|im_start|>user ... <|im_start|>assistant) is not part of that convention, may not even be special
     tokens in the PRM's vocabulary, and is absent from the step-labelled data PRMs are trained on
     (StepExample.prompt is the question as written). The steps themselves are the same token spans the
-    policy produced. A PRM that wants its own chat format (Qwen2.5-Math-PRM's) builds it from this text.
+    policy produced. A PRM that wants its own chat format (Qwen2.5-Math-PRM's) builds it from this text
+    (tasks.prm_formats.SeparatorHeadPRM, with the PRM tokenizer's template).
     Trajectories made without a question (older callers, tests) fall back to prompt_text, as before."""
     return traj.question or traj.prompt_text
 

@@ -21,3 +21,7 @@ SOURCES: dict[str, Source] = {
     "outcome": Source("outcome"),  # the final answer against the gold answer
     "prm": Source("step", needs_path=True),  # a learned process reward model
 }
+
+# The input layouts a prm source can read (`reward.sources[].format`), implemented by tasks/prm_formats.py
+# (PRM_FORMATS there has exactly these keys): ours, Math-Shepherd's step tag, Qwen2.5-Math-PRM's separator.
+PRM_FORMATS = ("token_classification", "step_tag", "separator_head")

@@ -71,7 +71,7 @@ def test_dead_generator_reward_critic_reference_are_replaced(ray_local, tmp_path
     # restores the step-2 checkpoint).
     instrumented["kills"] = {
         2: lambda roles, pool: [pid_of(pool.actors[1])],
-        3: lambda roles, pool: [pid_of(roles.reward)],
+        3: lambda roles, pool: [pid_of(roles.rewards[0])],
         4: lambda roles, pool: [pid_of(roles.critic), pid_of(roles.reference)],
     }
     summary = train_mod.run_train(

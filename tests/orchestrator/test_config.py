@@ -28,7 +28,11 @@ DEMO = os.path.join(ROOT, "configs", "demo_cpu.yaml")
 def test_every_config_validates(path, monkeypatch):
     monkeypatch.chdir(ROOT)  # configs name repo-relative paths
     gpu_recipe = "gpu" in os.path.basename(path)  # its models and data live on the cluster's shared storage
-    cfg = load_config(path, check_files=not gpu_recipe)
+    # prm_cpu.yaml's reward source scores with runs/prm_cpu/prm, which its own `steprl train-prm` writes: the
+    # directory does not exist before that command has run, so the model directories are not checked for it
+    # (as steprl label / train-prm / search, which build no reward worker, do not check them).
+    makes_its_reward_model = os.path.basename(path) == "prm_cpu.yaml"
+    cfg = load_config(path, check_files=not gpu_recipe, check_reward_models=not makes_its_reward_model)
     assert cfg.run_dir
 
 
@@ -121,6 +125,15 @@ def test_every_registry_name_is_a_valid_choice(key, names):
             "reward.sources[0].name: bad value 'judge'; allowed: one of oracle, outcome, prm",
         ),
         ("reward.sources=[{name: prm}]", "reward.sources[0].path: the prm source needs a model directory"),
+        ("label.kinds=[mc_sof]", "label.kinds: bad value ['mc_sof']; allowed: a non-empty list of oracle, mc_hard"),
+        ("label.kinds=[oracle,value]", "label.kinds: bad value ['oracle', 'value']"),
+        ("label.kinds=[]", "label.kinds: bad value []"),
+        ("search.methods=[beam,bon]", "search.methods: bad value ['beam', 'bon']; allowed: a list of greedy"),
+        ("search.methods=[]", "search.methods: bad value []"),
+        ("search.aggregation=mean", "search.aggregation: bad value 'mean'; allowed: one of product, min, last"),
+        ("prm.threshold=1.5", "prm.threshold: bad value 1.5; allowed: a number in (0, 1)"),
+        ("prm.threshold=0", "prm.threshold: bad value 0"),
+        ("prm.threshold=1.0", "prm.threshold: bad value 1.0"),
     ],
 )
 def test_bad_value_names_the_field(override, expected):
@@ -154,6 +167,29 @@ def test_cross_field_rules_name_both_fields(overrides, fields):
         load_config(DEMO, overrides)
     for name in fields:
         assert name in str(err.value)
+
+
+def test_label_and_search_names_are_valid_choices():
+    from orchestrator.config import LABEL_KINDS, SEARCH_METHODS
+
+    assert list(load_config(DEMO, [f"label.kinds=[{','.join(LABEL_KINDS)}]"]).label.kinds) == list(LABEL_KINDS)
+    for name in SEARCH_METHODS:
+        assert list(load_config(DEMO, [f"search.methods=[{name}]"]).search.methods) == [name]
+    for how in ("product", "min", "last"):
+        assert load_config(DEMO, [f"search.aggregation={how}"]).search.aggregation == how
+
+
+def test_short_forms_of_policy_and_prm():
+    from orchestrator.cli import ALIASES, _alias
+
+    assert ALIASES == {"policy=": "model.policy=", "prm=": "prm.path="}
+    assert _alias("prm=runs/prm_cpu/prm") == "prm.path=runs/prm_cpu/prm"
+    assert _alias("policy=runs/demo/final") == "model.policy=runs/demo/final"
+    assert _alias("prm=a=b") == "prm.path=a=b"  # only the first '=' is the key's
+    for untouched in ("prm.path=x", "prm.epochs=2", "policy_x=1", "model.policy=y", "reward.sources=[{name: prm}]"):
+        assert _alias(untouched) == untouched
+    # through the loader, as orchestrator.cli.main applies it to every override
+    assert load_config(DEMO, [_alias("prm=some/prm_dir")]).prm.path == "some/prm_dir"
 
 
 def test_unknown_key_in_yaml_names_file_and_suggestion(tmp_path):

@@ -106,10 +106,13 @@ class FakeLearner:
 
 
 def score(outcomes):
-    def fn(traj):
-        t = copy.deepcopy(traj)  # Ray would hand the worker a copy
-        t.outcome_reward, t.step_rewards = outcomes[(t.group_id, t.info["sample"])], [0.0] * t.num_steps
-        return t
+    def fn(*trajs):  # RewardWorker.score_group: a batch of trajectories, each its own argument
+        out = []
+        for traj in trajs:
+            t = copy.deepcopy(traj)  # Ray would hand the worker a copy
+            t.outcome_reward, t.step_rewards = outcomes[(t.group_id, t.info["sample"])], [0.0] * t.num_steps
+            out.append(t)
+        return out
 
     return fn
 
@@ -122,7 +125,7 @@ def make_roles(critic=False, reference=False, outcomes=OUTCOMES):
     critic_batches = []
     return SimpleNamespace(
         generators=FakePool(),
-        reward=SimpleNamespace(score=remote(score(outcomes))),
+        rewards=[SimpleNamespace(score_group=remote(score(outcomes)))],
         learner=FakeLearner(),
         critic=SimpleNamespace(
             traj_values=remote(critic_values),
@@ -171,6 +174,26 @@ def test_batch_is_in_group_sample_order_whatever_the_finishing_order():
     assert metrics["policy_version_sampled"] == 3  # min over the samples (versions 3 and 4)
     assert metrics["generators/restarts"] == 0 and metrics["generators/reissued_samples"] == 1
     assert metrics["loss"] == 0.25 and metrics["kl/behavior_ref"] == 0.0
+
+
+def test_reward_replicas_take_batches_in_turn():
+    # 4 trajectories arrive in FINISH_ORDER; batches of 3 go to replica 0, then the last one (sent when
+    # generation ends) to replica 1; the batch comes back in (group, sample) order all the same.
+    calls = {0: [], 1: []}
+
+    def replica(k):
+        def fn(*trajs):
+            calls[k].append([(t.group_id, t.info["sample"]) for t in trajs])
+            return score(OUTCOMES)(*trajs)
+
+        return SimpleNamespace(score_group=remote(fn))
+
+    rollout = orchestrator.rollout.stream_rollouts(
+        FakePool(), [replica(0), replica(1)], REQUESTS, SETTINGS.sampling, reward_batch=3, timeout_s=60
+    )
+    assert calls == {0: [FINISH_ORDER[:3]], 1: [FINISH_ORDER[3:]]}
+    assert [(t.group_id, t.info["sample"]) for t in rollout.trajectories] == rows()
+    assert [t.outcome_reward for t in rollout.trajectories] == [1.0, 0.0, 0.0, 1.0]
 
 
 def test_grpo_outcome_advantages_by_hand():

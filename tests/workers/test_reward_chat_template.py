@@ -37,7 +37,7 @@ def _traj(tok, question: str = QUESTION) -> Trajectory:
 
 
 def test_prm_scores_against_the_raw_question(tmp_path, monkeypatch):
-    import tasks.models
+    import tasks.prm_formats
     from tasks.models import make_tiny_prm
     from tasks.tokenizer import load_tokenizer
 
@@ -45,13 +45,13 @@ def test_prm_scores_against_the_raw_question(tmp_path, monkeypatch):
     prm_dir = tmp_path / "prm"
     make_tiny_prm(prm_dir, policy_dir=BASE_POLICY)
     seen = []
-    real = tasks.models.prm_step_scores
+    real = tasks.prm_formats.TokenClassificationPRM.score
 
-    def spy(model, tokenizer, question, steps, separator="\n"):
-        seen.append((question, steps))
-        return real(model, tokenizer, question, steps, separator)
+    def spy(self, items):
+        seen.extend(items)
+        return real(self, items)
 
-    monkeypatch.setattr(tasks.models, "prm_step_scores", spy)  # the source binds it when built
+    monkeypatch.setattr(tasks.prm_formats.TokenClassificationPRM, "score", spy)
     worker = RewardWorker(
         tokenizer_dir=BASE_POLICY,
         sources=[{"name": "prm", "path": str(prm_dir)}],
