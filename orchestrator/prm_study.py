@@ -59,7 +59,10 @@ def run_prm_study(cfg: DictConfig, args=None) -> dict:
         "labels": {k: v for k, v in labels.items() if not k.endswith("/file")},
         "prms": {n: {k: v for k, v in p.items() if k not in ("dir", "file")} for n, p in prms.items()},
         "search_prm": chosen,
-        "search": {k: v for k, v in search.items() if k.startswith("search/") and k != "search/plot"},
+        # Numbers only: no path of this machine goes into a report meant for docs/.
+        "search": {
+            k: v for k, v in search.items() if k.startswith("search/") and k not in ("search/plot", "search/prm")
+        },
         "time_s": time.time() - t0,
     }
     out = getattr(args, "out", None) or os.path.join(run_dir, "prm_study")
