@@ -18,8 +18,12 @@ def _cosine(progress: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def _linear(progress: float) -> float:
+    return 1.0 - progress
+
+
 # name -> factor of the peak lr as a function of the progress in [0, 1] after warm-up
-SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine}
+SCHEDULES: dict[str, Callable[[float], float]] = {"constant": _constant, "cosine": _cosine, "linear": _linear}
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:

@@ -15,6 +15,9 @@ def test_lr_factor_by_hand():
     assert lr_factor(12, **kw) == pytest.approx(0.0)  # progress 1
     assert lr_factor(30, **kw) == pytest.approx(0.0)  # clamped
     assert lr_factor(10, warmup_steps=0, total_steps=12, schedule="constant") == 1.0
-    assert set(SCHEDULES) == {"constant", "cosine"}
+    # linear decay to 0 over the 8 steps after warm-up: 1 - progress
+    lin = dict(warmup_steps=4, total_steps=12, schedule="linear")
+    assert [lr_factor(s, **lin) for s in (4, 6, 10, 12)] == pytest.approx([1.0, 0.75, 0.25, 0.0])
+    assert set(SCHEDULES) == {"constant", "cosine", "linear"}
     with pytest.raises(ValueError, match="schedule"):
         lr_factor(0, warmup_steps=0, total_steps=1, schedule="linear_decay")
