@@ -30,6 +30,7 @@ and read back as float32 Python floats. A format is an ``nn.Module`` around its 
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, Self
 
@@ -63,9 +64,10 @@ def prm_input_ids(
     return ids, positions
 
 
-class PRMFormat(torch.nn.Module):
+class PRMFormat(torch.nn.Module, ABC):
     """One PRM layout: how (question, steps) become ids and scored positions, and how a position's
-    logits become the probability that its step is correct."""
+    logits become the probability that its step is correct. Each layout implements the three abstract
+    methods; loading, batching and padding are shared here."""
 
     name: ClassVar[str]
     # The policy's step delimiter is part of this layout (ours); the public layouts bring their own marker.
@@ -98,16 +100,17 @@ class PRMFormat(torch.nn.Module):
         return cls(model, tokenizer, batch_size=batch_size, **options)
 
     @classmethod
+    @abstractmethod
     def load_model(cls, path: str, *, dtype: torch.dtype, trust_remote_code: bool) -> Any:
-        raise NotImplementedError
+        """The layout's model class loaded from `path`."""
 
+    @abstractmethod
     def input_ids(self, question: str, steps: list[str]) -> tuple[list[int], list[int]]:
         """Ids of one item and the position read for each of its steps."""
-        raise NotImplementedError
 
+    @abstractmethod
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """[B, T] float32: the probability read at every position (meaningful at the step positions only)."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def score(self, items: list[Item]) -> list[list[float]]:
