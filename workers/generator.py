@@ -35,7 +35,6 @@ so no KV computed under the old weights is reused.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -44,57 +43,13 @@ from pathlib import Path
 import torch
 
 from algo.seeding import derive_seed
-from algo.segment import byte_level_token_bytes, split_steps
+from algo.segment import split_steps
 from algo.trajectory import PromptRequest, Trajectory
 from engine.process import prepare_process
+from workers.vllm_setup import checkpoint_shapes, set_vllm_env, token_bytes_table
 
 _EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 _FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's finish_reason -> Trajectory's
-
-
-def _set_vllm_env(on_cpu: bool) -> None:
-    """Environment vLLM reads at engine start; must be set before the engine is built."""
-    # In-process engine: collective_rpc then hands tensors to the worker by reference (a separate
-    # engine process cannot receive them).
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
-    if on_cpu:
-        # The legacy whole-GiB VLLM_CPU_KVCACHE_SPACE overrides kv_cache_memory_bytes: drop it so
-        # kv_cache_gb (passed as bytes) is what the engine gets.
-        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
-
-
-def _checkpoint_shapes(model_dir: str) -> dict[str, tuple[int, ...]]:
-    """Name -> shape of every tensor in the model's safetensors files (what load_weights must get)."""
-    from safetensors import safe_open
-
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"{model_dir}: no *.safetensors file (the generator loads HF safetensors)")
-    shapes = {}
-    for f in files:
-        with safe_open(str(f), framework="pt") as handle:
-            for name in handle.keys():
-                shapes[name] = tuple(handle.get_slice(name).get_shape())
-    return shapes
-
-
-def token_bytes_table(tokenizer, vocab_size: int) -> list[bytes]:
-    """Raw bytes of every token id < vocab_size, for algo.segment.split_steps (built once).
-
-    Byte-level BPE tokens are mapped through the byte alphabet (a token may hold part of a UTF-8
-    character); other tokenizers fall back to decoding each id alone. Special tokens and ids the
-    tokenizer does not know (padded model vocabularies) map to b"".
-    """
-    from tokenizers import decoders
-
-    known = len(tokenizer)
-    specials = set(tokenizer.all_special_ids)
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if isinstance(getattr(backend, "decoder", None), decoders.ByteLevel):
-        table = byte_level_token_bytes(tokenizer.convert_ids_to_tokens(list(range(known))), specials)
-    else:
-        table = [b"" if i in specials else tokenizer.decode([i]).encode("utf-8") for i in range(known)]
-    return table + [b""] * max(0, vocab_size - known)
 
 
 class GeneratorWorker:
@@ -133,11 +88,11 @@ class GeneratorWorker:
         self.version = 0
         self._open_streams = 0
         self._calls = 0  # makes engine request ids unique across calls
-        self._expected_shapes = _checkpoint_shapes(model_dir)
+        self._expected_shapes = checkpoint_shapes(model_dir)
 
         on_cpu = not torch.cuda.is_available()
         prepare_process(threads, log_file=log_file)
-        _set_vllm_env(on_cpu)
+        set_vllm_env(on_cpu)
         from vllm import LLM  # after the environment is set
 
         # On CPU, no chunked prefill: a prompt split over two engine steps rewinds its per-request generator,
