@@ -44,7 +44,7 @@ def write_labels(cfg: DictConfig, run_dir: str) -> dict:
     from orchestrator.data import prompt_requests, task_from_config
     from orchestrator.labelling import KINDS, LabelJob, compare_with_oracle, examples, oracle_values
     from orchestrator.roles import generator_session
-    from orchestrator.stepwise import Expander, Judge, arithmetic_final
+    from orchestrator.stepwise import Expander, Judge, progress_expander
     from tasks.datasets import StepExample, write_step_jsonl
     from tasks.oracle import STEP_MEANINGS
 
@@ -58,17 +58,9 @@ def write_labels(cfg: DictConfig, run_dir: str) -> dict:
         pool = stack.enter_context(generator_session(cfg, cfg.model.policy, run_dir))
 
         def expander(pool, problems, what: str) -> Expander:
-            bar = progress.add_task(what, total=None)
-            return Expander(
-                pool,
-                prompt_requests(task, problems),
-                cfg.rollout.step_delimiter,
-                lab.temperature,
-                cfg.rollout.max_new_tokens,
-                cfg.seed,
-                is_final=arithmetic_final if arithmetic else (lambda step: False),
-                on_call=lambda total: progress.reset(bar, total=total),
-                on_sample=lambda: progress.advance(bar),
+            requests = prompt_requests(task, problems)
+            return progress_expander(
+                cfg, pool, requests, lab.temperature, progress, progress.add_task(what, total=None)
             )
 
         problems = task.sample(lab.num_problems, "train", seed=LABEL_SET_SEED + cfg.seed)

@@ -27,7 +27,7 @@ def run_search_command(cfg: DictConfig, args=None) -> dict:
     from orchestrator.data import prompt_requests, task_from_config
     from orchestrator.roles import generator_session
     from orchestrator.searching import METHODS, SearchRun, budgets_of
-    from orchestrator.stepwise import Expander, Judge, PrmScorer, arithmetic_final, load_prm
+    from orchestrator.stepwise import Judge, PrmScorer, load_prm, progress_expander
 
     if not cfg.prm.path:
         raise ConfigError("prm.path: steprl search needs a PRM directory (prm=DIR, e.g. the run_dir/prm of train-prm)")
@@ -50,24 +50,11 @@ def run_search_command(cfg: DictConfig, args=None) -> dict:
     with generator_session(cfg, cfg.model.policy, run_dir) as pool, Progress(*columns, console=console) as progress:
         bar = progress.add_task("search", total=None)
 
-        def make_expander(temperature: float) -> Expander:
-            return Expander(
-                pool,
-                requests,
-                delimiter,
-                temperature,
-                cfg.rollout.max_new_tokens,
-                cfg.seed,
-                is_final=arithmetic_final if cfg.task.kind == "arithmetic" else (lambda step: False),
-                on_call=lambda total: progress.reset(bar, total=total),
-                on_sample=lambda: progress.advance(bar),
-            )
-
         run = SearchRun(
             roots=[Node(i, (), False) for i in range(len(problems))],
             judge=Judge(problems),
             scorer=PrmScorer(prm, [task.question_text(p) for p in problems], delimiter),
-            make_expander=make_expander,
+            make_expander=lambda temperature: progress_expander(cfg, pool, requests, temperature, progress, bar),
             temperature=s.temperature,
             aggregation=s.aggregation,
             expansions=s.expansions,

@@ -91,47 +91,25 @@ def _weighted(run: SearchRun, n: int) -> Result:
     return chosen, tokens
 
 
+def _step_level(run: SearchRun, search: Callable[..., list[Node]], **args: object) -> Result:
+    """A step-level search with a fresh expander, charged exactly the tokens it generated."""
+    expander = run.make_expander(run.temperature)
+    chosen = search(run.roots, max_depth=run.max_depth, expand=expander, score=run.scorer, **args)
+    return chosen, [float(t) for t in expander.tokens]
+
+
 def _beam(run: SearchRun, n: int) -> Result:
     expansions = min(run.expansions, n)
-    expander = run.make_expander(run.temperature)
-    chosen = beam_search(
-        run.roots,
-        width=max(1, n // expansions),
-        expansions=expansions,
-        max_depth=run.max_depth,
-        expand=expander,
-        score=run.scorer,
-        how=run.aggregation,
-    )
-    return chosen, [float(t) for t in expander.tokens]
+    width = max(1, n // expansions)
+    return _step_level(run, beam_search, width=width, expansions=expansions, how=run.aggregation)
 
 
 def _mcts(run: SearchRun, n: int) -> Result:
-    expander = run.make_expander(run.temperature)
-    chosen = mcts(
-        run.roots,
-        simulations=n,
-        children=run.mcts_children,
-        c_uct=run.c_uct,
-        max_depth=run.max_depth,
-        expand=expander,
-        score=run.scorer,
-        how=run.aggregation,
-    )
-    return chosen, [float(t) for t in expander.tokens]
+    return _step_level(run, mcts, simulations=n, children=run.mcts_children, c_uct=run.c_uct, how=run.aggregation)
 
 
 def _reject(run: SearchRun, n: int) -> Result:
-    expander = run.make_expander(run.temperature)
-    chosen = rejection_search(
-        run.roots,
-        threshold=run.threshold,
-        max_tries=n,
-        max_depth=run.max_depth,
-        expand=expander,
-        score=run.scorer,
-    )
-    return chosen, [float(t) for t in expander.tokens]
+    return _step_level(run, rejection_search, threshold=run.threshold, max_tries=n)
 
 
 METHODS: dict[str, Callable[[SearchRun, int], Result]] = {

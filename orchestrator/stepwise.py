@@ -124,6 +124,26 @@ def arithmetic_final(step: str) -> bool:
     return step.startswith(ANSWER_PREFIX)
 
 
+# task.kind -> the step after which nothing may follow; other tasks end only at EOS or the length limit.
+FINAL_STEP: dict[str, Callable[[str], bool]] = {"arithmetic": arithmetic_final}
+
+
+def progress_expander(cfg, pool, requests: list[PromptRequest], temperature: float, progress, bar) -> Expander:
+    """An Expander with the config's step delimiter, length limit, seed and final-step rule, whose calls
+    advance the rich progress bar `bar`."""
+    return Expander(
+        pool,
+        requests,
+        cfg.rollout.step_delimiter,
+        temperature,
+        cfg.rollout.max_new_tokens,
+        cfg.seed,
+        is_final=FINAL_STEP.get(cfg.task.kind, lambda step: False),
+        on_call=lambda total: progress.reset(bar, total=total),
+        on_sample=lambda: progress.advance(bar),
+    )
+
+
 @dataclass
 class PrmScorer:
     """algo.search's `score`: a PRM of any layout (tasks.prm_formats) on (question, steps without delimiter)."""
