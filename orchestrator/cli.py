@@ -10,61 +10,69 @@ import argparse
 import importlib
 import os
 import sys
+from typing import NamedTuple
 
 from orchestrator.validate import ConfigError, explain, load_config
 
-# name -> (module, function, one-line help). Each function takes (cfg, args) and returns a summary dict.
-COMMANDS: dict[str, tuple[str, str, str]] = {
-    "train": (
+
+class Command(NamedTuple):
+    module: str
+    func: str  # takes (cfg, args) and returns a summary dict
+    help: str
+    # Builds a reward worker, so the reward sources' model directories must exist. Other commands accept a
+    # config whose PRM does not exist yet (the PRM pipeline's config names the PRM its own train-prm writes).
+    reward_worker: bool = False
+
+
+COMMANDS: dict[str, Command] = {
+    "train": Command(
         "orchestrator.train",
         "run_train",
         "step-level RL (PPO / GRPO) on Ray: vLLM generators, reward / critic / reference actors, DeepSpeed learners",
+        reward_worker=True,
     ),
-    "sft": (
+    "sft": Command(
         "orchestrator.sft_command",
         "run_sft_command",
         "supervised fine-tuning of the tiny policy on generated correct solutions",
     ),
-    "eval": (
+    "eval": Command(
         "orchestrator.eval_command",
         "run_eval_command",
         "held-out accuracy, pass@k, step accuracy and first-error histogram of a policy",
     ),
-    "bench": (
+    "bench": Command(
         "orchestrator.bench",
         "run_bench",
         "time generation, scoring, learner step and weight sync over train.steps real steps; writes JSON",
+        reward_worker=True,
     ),
-    "label": (
+    "label": Command(
         "orchestrator.label_command",
         "run_label_command",
         "step-labelled JSONL from policy samples: oracle, Monte-Carlo (hard / soft), prover values, corrupted gold",
     ),
-    "train-prm": (
+    "train-prm": Command(
         "orchestrator.prm_command",
         "run_train_prm_command",
         "train a process reward model with DeepSpeed on step labels (labels first if none are named); judge it",
     ),
-    "search": (
+    "search": Command(
         "orchestrator.search_command",
         "run_search_command",
         "test-time search with a PRM on held-out problems: votes, best-of-N, beam, MCTS, rejection sampling",
     ),
-    "prm-study": (
+    "prm-study": Command(
         "orchestrator.prm_study",
         "run_prm_study",
         "the PRM report: every label kind against the oracle, a PRM per kind and meaning, search with the best one",
     ),
-    "config": (
+    "config": Command(
         "orchestrator.cli",
         "show_config",
         "validate a config and print it resolved (--explain: every field with its doc)",
     ),
 }
-
-# Commands that build no reward worker: a reward.sources model directory may not exist yet (the PRM pipeline's
-# config names the PRM that its own steprl train-prm writes).
-WITHOUT_REWARD_WORKER = ("sft", "eval", "label", "train-prm", "search", "prm-study")
 
 
 def show_config(cfg, args) -> dict:
@@ -85,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
         "steprl train configs/demo_cpu.yaml algo.estimator=grpo_process",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    for name, (_, _, help_text) in COMMANDS.items():
+    for name, command in COMMANDS.items():
+        help_text = command.help
         p = sub.add_parser(name, help=help_text, description=help_text)
         p.add_argument("config", help="experiment YAML file (see configs/)")
         p.add_argument("overrides", nargs="*", help="dotlist overrides, key=value")
@@ -107,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
             args.config,
             overrides,
             check_files=args.command != "config",
-            check_reward_models=args.command not in WITHOUT_REWARD_WORKER,
+            check_reward_models=COMMANDS[args.command].reward_worker,
         )
-        module, func, _ = COMMANDS[args.command]
+        module, func = COMMANDS[args.command].module, COMMANDS[args.command].func
         summary = getattr(importlib.import_module(module), func)(cfg, args)
     except ConfigError as e:  # from validation, or found when the command starts (a missing model dir)
         print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
