@@ -198,15 +198,15 @@ def relabel(examples: list, meaning: str, modulus: int, delimiter: str = "\n") -
     A row does not record whether its last step was cut off (no delimiter before EOS or the length limit):
     every step is taken as terminated, so such a step, wrong as written, is judged as if it were finished.
     The tiny policy ends its lines almost always; labels written by steprl label saw the real text."""
+    from algo.search import Node
+    from orchestrator.labelling import oracle_values
     from tasks.arithmetic import problem_from_prompt
     from tasks.datasets import StepExample
-    from tasks.oracle import label_response
 
-    out = []
-    for ex in examples:
-        labels = label_response(problem_from_prompt(ex.prompt, modulus), "".join(s + delimiter for s in ex.steps))
-        out.append(StepExample(ex.prompt, list(ex.steps), [float(x) for x in getattr(labels, meaning)]))
-    return out
+    problems = [problem_from_prompt(ex.prompt, modulus) for ex in examples]
+    solutions = [Node(i, tuple(s + delimiter for s in ex.steps), True) for i, ex in enumerate(examples)]
+    values = oracle_values(problems, solutions, meaning)
+    return [StepExample(ex.prompt, list(ex.steps), v) for ex, v in zip(examples, values, strict=True)]
 
 
 def _oracle_truth(heldout: list, modulus: int, delimiter: str) -> dict[str, list[list[float]]]:
