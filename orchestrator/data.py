@@ -41,6 +41,7 @@ def step_problems(cfg: DictConfig, task, position: int) -> list:
     return task.sample(cfg.rollout.prompts_per_step, "train", seed=cfg.seed * 1_000_003 + position)
 
 
-def eval_problems(cfg: DictConfig, task) -> list:
-    """The fixed held-out set (same for every run with the same task settings)."""
-    return task.sample(cfg.eval.num_problems, "eval", seed=12345)
+def eval_problems(cfg: DictConfig, task, n: int | None = None) -> list:
+    """The fixed held-out set (same for every run with the same task settings): its first n problems
+    (default eval.num_problems; a larger n extends the same stream)."""
+    return task.sample(cfg.eval.num_problems if n is None else n, "eval", seed=12345)

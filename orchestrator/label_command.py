@@ -42,10 +42,10 @@ def write_labels(cfg: DictConfig, run_dir: str) -> dict:
     summary (paths of the files written, and the comparison with the oracle)."""
     from algo.search import Node, sample_to_end
     from orchestrator.data import prompt_requests, task_from_config
-    from orchestrator.labelling import KINDS, LabelJob, compare_with_oracle, examples, oracle_values
+    from orchestrator.labelling import KINDS, LabelJob, compare_with_oracle, examples, oracle_values, step_rows
     from orchestrator.roles import generator_session
     from orchestrator.stepwise import Expander, Judge, progress_expander
-    from tasks.datasets import StepExample, write_step_jsonl
+    from tasks.datasets import write_step_jsonl
     from tasks.oracle import STEP_MEANINGS
 
     lab, arithmetic = cfg.label, cfg.task.kind == "arithmetic"
@@ -102,11 +102,7 @@ def write_labels(cfg: DictConfig, run_dir: str) -> dict:
                 s for row in sample_to_end(held_roots, lab.samples_per_problem, held_expander) for s in row
             ]
             values = oracle_values(held, held_solutions, lab.meaning)
-            rows = [
-                StepExample(task.question_text(held[n.problem]), [s.removesuffix(job.delimiter) for s in n.steps], v)
-                for n, v in zip(held_solutions, values, strict=True)
-                if n.steps
-            ]
+            rows = step_rows([task.question_text(p) for p in held], held_solutions, values, job.delimiter)
             path = os.path.join(out_dir, "heldout.jsonl")
             write_step_jsonl(path, rows)
             summary["label/heldout/file"] = os.path.abspath(path)

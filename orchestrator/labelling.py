@@ -122,13 +122,21 @@ def _kind_corrupt(job: LabelJob) -> KindLabels:
 KINDS: dict[str, Callable[[LabelJob], KindLabels]] = {name: globals()[f"_kind_{name}"] for name in LABEL_KINDS}
 
 
-def examples(job: LabelJob, labelled: KindLabels) -> list[StepExample]:
-    """Rows of the step-labelled JSONL: the question, the steps without their delimiter, the labels."""
+def step_rows(
+    questions: list[str], solutions: list[Node], values: list[list[float]], delimiter: str
+) -> list[StepExample]:
+    """Rows of the step-labelled JSONL: the question, the steps without their delimiter, the labels (a
+    solution without steps has nothing to label)."""
     return [
-        StepExample(job.questions[n.problem], [s.removesuffix(job.delimiter) for s in n.steps], list(v))
-        for n, v in zip(labelled.solutions, labelled.values, strict=True)
+        StepExample(questions[n.problem], [s.removesuffix(delimiter) for s in n.steps], list(v))
+        for n, v in zip(solutions, values, strict=True)
         if n.steps
     ]
+
+
+def examples(job: LabelJob, labelled: KindLabels) -> list[StepExample]:
+    """The rows of one kind's labels."""
+    return step_rows(job.questions, labelled.solutions, labelled.values, job.delimiter)
 
 
 def compare_with_oracle(job: LabelJob, kind: str, labelled: KindLabels, meanings: tuple[str, ...]) -> dict:

@@ -19,12 +19,11 @@ from orchestrator.rundir import open_run_dir, write_summary
 from orchestrator.validate import ConfigError
 
 console = Console()
-EVAL_SET_SEED = 12345  # orchestrator.data.eval_problems' set: the first problems of the same stream
 
 
 def run_search_command(cfg: DictConfig, args=None) -> dict:
     from algo.search import Node
-    from orchestrator.data import prompt_requests, task_from_config
+    from orchestrator.data import eval_problems, prompt_requests, task_from_config
     from orchestrator.roles import generator_session
     from orchestrator.searching import METHODS, SearchRun, budgets_of
     from orchestrator.stepwise import Judge, PrmScorer, load_prm, progress_expander
@@ -34,7 +33,7 @@ def run_search_command(cfg: DictConfig, args=None) -> dict:
     t0 = time.time()
     run_dir = open_run_dir(cfg)
     task, s = task_from_config(cfg), cfg.search
-    problems = task.sample(s.num_problems, "eval", seed=EVAL_SET_SEED)
+    problems = eval_problems(cfg, task, s.num_problems)
     requests = prompt_requests(task, problems)
     prm = load_prm(
         cfg.prm.path,
