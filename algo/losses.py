@@ -110,8 +110,12 @@ def policy_loss(
     clip_high: float,
     dual_clip: float | None,
     agg: str,
+    weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """PPO clip loss [B, T] -> scalar; stats: clip_frac, dual_clip_frac, approx_kl, ratio_mean, ratio_max."""
+    """PPO clip loss [B, T] -> scalar; stats: clip_frac, dual_clip_frac, approx_kl, ratio_mean, ratio_max.
+
+    weight [B, T] (optional, no gradient) multiplies each token's clipped loss outside the clip: the importance
+    weight of a stale sample (algo/offpolicy.py)."""
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (got {dual_clip})")
     mask = mask.to(logprobs.dtype)
@@ -126,6 +130,8 @@ def policy_loss(
         loss3 = -dual_clip * advantages  # > 0 where A < 0: caps the loss of a bad token
         dual = ((advantages < 0) & (loss > loss3)).to(logprobs.dtype)
         loss = torch.where(advantages < 0, torch.minimum(loss, loss3), loss)
+    if weight is not None:
+        loss = loss * weight.detach()
     total = aggregate(loss, mask, step_index, agg)
     with torch.no_grad():
         real = mask > 0

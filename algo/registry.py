@@ -8,7 +8,7 @@ name listed here without an implementation fails at import, and no module keeps 
   takes as keyword arguments. Their defaults live in one layer, the config schema.
 - TRANSFORMS (algo/transforms.py): reward transforms with their parameters and defaults
   (`reward.transform_params` may override them).
-- KL_ESTIMATORS (algo/kl.py), LOSS_AGGREGATIONS (algo/losses.py): plain names.
+- KL_ESTIMATORS (algo/kl.py), LOSS_AGGREGATIONS (algo/losses.py), OFF_POLICY (algo/offpolicy.py): plain names.
 """
 
 from __future__ import annotations
@@ -60,6 +60,9 @@ KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")  # where KL(policy || reference) goes (algo/batch.py)
 
 LOSS_AGGREGATIONS: tuple[str, ...] = ("token", "step", "sequence")
+
+# What the PPO ratio is taken against when samples may come from older weights (algo/offpolicy.py).
+OFF_POLICY: tuple[str, ...] = ("recompute", "behavior", "decoupled")
 
 
 def bind(

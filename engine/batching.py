@@ -95,11 +95,22 @@ def position_ids(attention_mask: Tensor) -> Tensor:
 
 
 def forward_logits(model, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
-    """[B, L, V] logits (or [B, L, num_labels] for a token classifier) of an HF model or DS engine."""
+    """[B, L, V] logits (or [B, L, num_labels] for a token classifier) of an HF model or DS engine.
+
+    Columns after the last real token of every row are not computed: a batch is padded to its longest
+    sample, so a micro-batch of shorter ones would spend much of its FLOPs on padding. Masked positions take no
+    part in attention, so the outputs at real positions are unchanged; the cut columns get zero logits.
+    """
+    L = input_ids.shape[1]
+    real = attention_mask.bool().any(0).nonzero()
+    width = int(real.max()) + 1 if real.numel() else 1
     out = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids(attention_mask), use_cache=False
-    )
-    return out.logits
+        input_ids=input_ids[:, :width],
+        attention_mask=attention_mask[:, :width],
+        position_ids=position_ids(attention_mask[:, :width]),
+        use_cache=False,
+    ).logits
+    return out if width == L else torch.nn.functional.pad(out, (0, 0, 0, L - width))
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -140,13 +151,17 @@ def accumulated_step(engine, mini: dict, *, micro_batch_size: int, units_fn, los
     """One optimizer update on a mini-batch, accumulated over micro-batches with exact weights.
 
     units_fn(micro) -> [k] aggregation units of the micro-batch per loss term (algo.losses.agg_units);
-    loss_fn(micro, rows, weights) -> (loss, metrics) with weights[j] the share of term j this micro-batch
-    holds in the mini-batch over all ranks. Returns the metrics summed over micro-batches and ranks (so
-    global values), the pre-clip gradient norm and the lr of this update.
+    loss_fn(micro, rows, weights) -> (loss, metrics) with rows the micro-batch's row indices in the mini-batch
+    (a tensor) and weights[j] the share of term j this micro-batch holds in the mini-batch over all ranks.
+    Returns the metrics summed over micro-batches and ranks (so global values), the pre-clip gradient norm and
+    the lr of this update.
     The accumulation boundary is set by hand: the number of micro-batches may change between calls.
     """
     world = engine.dp_world_size
-    slices = micro_slices(batch_size(mini), micro_batch_size)
+    # Micro-batches of similar lengths (rows sorted by length, a stable order): each is padded only to its
+    # own longest row (forward_logits). The weights keep the update that of the whole mini-batch.
+    order = mini["attention_mask"].sum(-1).argsort(stable=True)
+    slices = [order[s] for s in micro_slices(batch_size(mini), micro_batch_size)]
     local = torch.stack([units_fn(select(mini, s)) for s in slices])  # [n_micro, k]
     total = all_reduce_sum(local.sum(0), engine.device)
     engine.set_train_batch_size(micro_batch_size * len(slices) * world)  # bookkeeping only

@@ -3,9 +3,11 @@
     loss = policy_loss + kl_coef * KL(pi || ref) - entropy_coef * H(pi) + sft_coef * NLL(sft tokens)
 
 PPO clipped surrogate (Schulman et al. 1707.06347) with clip-higher (DAPO 2503.14476) and dual clip
-(1912.09729) from algo.losses; KL in the loss with a k1/k2/k3 estimator as in GRPO (DeepSeekMath
-2402.03300 eq. 3, k3). Policy, KL and entropy terms share the aggregation `loss_agg` (token / step /
-sequence); the SFT NLL is a token mean over sft_mask (a supervised loss has no steps).
+(1912.09729) from algo.losses, its ratio taken against the log-probs `off_policy` names (algo/offpolicy.py:
+the learner's own at the start of the step, the generator's, or decoupled with an importance weight); KL in
+the loss with a k1/k2/k3 estimator as in GRPO (DeepSeekMath 2402.03300 eq. 3, k3). Policy, KL and entropy
+terms share the aggregation `loss_agg` (token / step / sequence); the SFT NLL is a token mean over sft_mask
+(a supervised loss has no steps).
 
 Each term arrives pre-weighted (engine/batching.py): the caller passes the share of the global
 mini-batch that this micro-batch holds, so the terms summed over micro-batches and ranks are exactly
@@ -22,6 +24,7 @@ from torch import Tensor
 from algo.batch import shift_logprobs, valid_token_mask
 from algo.kl import kl_estimate
 from algo.losses import agg_units, aggregate, entropy_from_logits, policy_loss
+from algo.offpolicy import ratio_base
 from engine.batching import shift_right
 
 REQUIRED_KEYS = (
@@ -48,6 +51,8 @@ class ObjectiveCoefs:
     kl_coef: float
     kl_estimator: str
     sft_coef: float
+    off_policy: str = "recompute"  # what the PPO ratio is taken against (algo/offpolicy.py)
+    tis_cap: float | None = None  # cap of the decoupled importance weight; None = uncapped
 
 
 def check_policy_batch(batch: dict, coefs: ObjectiveCoefs) -> None:
@@ -81,9 +86,10 @@ def micro_objective(
     w_pol, w_sft, w_tok = weights
     mask, step = valid_token_mask(micro), micro["step_index"]
     logprobs = shift_logprobs(logits, micro["input_ids"])  # [b, L]
+    base, is_weight = ratio_base(coefs.off_policy, old_logprobs, micro["behavior_logprobs"].float(), coefs.tis_cap)
     pol, st = policy_loss(
         logprobs,
-        old_logprobs,
+        base,
         micro["advantages"].float(),
         mask,
         step,
@@ -91,6 +97,7 @@ def micro_objective(
         clip_high=coefs.clip_high,
         dual_clip=coefs.dual_clip,
         agg=coefs.loss_agg,
+        weight=is_weight,
     )
     # Entropy of the distribution token t was drawn from lives at logits[t-1].
     with torch.set_grad_enabled(torch.is_grad_enabled() and coefs.entropy_coef > 0):

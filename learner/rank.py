@@ -22,6 +22,7 @@ import torch
 
 from algo.batch import shift_logprobs, valid_token_mask
 from algo.fingerprint import tensor_hashes, weights_fingerprint
+from algo.offpolicy import weight_stats, weight_sums
 from engine.batching import (
     accumulated_step,
     all_reduce_sum,
@@ -115,8 +116,8 @@ class LearnerRank:
         batch = to_device(batch, self.device)
         old = self._logprobs(batch)
         mask = valid_token_mask(batch)
-        gap = torch.stack([((old - batch["behavior_logprobs"].float()).abs() * mask).sum(), mask.sum()])
-        gap = all_reduce_sum(gap, self.device)
+        cap = self.coefs.tis_cap if self.coefs.off_policy == "decoupled" else None
+        sums = all_reduce_sum(weight_sums(old, batch["behavior_logprobs"].float(), mask, cap), self.device)
         metrics = epochs_of_updates(
             batch,
             epochs=self.train_settings.epochs,
@@ -124,7 +125,7 @@ class LearnerRank:
             keys=METRICS,
             update=lambda mini, rows: self._update(mini, old[rows]),
         )
-        return {**metrics, "logprob_diff": float(gap[0] / gap[1].clamp_min(1.0)), "tokens": float(gap[1])}
+        return {**metrics, **weight_stats(sums)}
 
     def _update(self, mini: dict, old: torch.Tensor) -> tuple[dict, float, float]:
         """One optimizer step on a mini-batch; returns global metrics, grad norm, lr."""

@@ -22,6 +22,9 @@ class Command(NamedTuple):
     # Builds a reward worker, so the reward sources' model directories must exist. Other commands accept a
     # config whose PRM does not exist yet (the PRM pipeline's config names the PRM its own train-prm writes).
     reward_worker: bool = False
+    # CONFIG is an experiment file (configs/experiments/) that the command reads and checks itself, making
+    # many run configs from it; func then takes (path, args) instead of one config validated here.
+    experiment: bool = False
 
 
 COMMANDS: dict[str, Command] = {
@@ -67,6 +70,12 @@ COMMANDS: dict[str, Command] = {
         "run_prm_study",
         "the PRM report: every label kind against the oracle, a PRM per kind and meaning, search with the best one",
     ),
+    "sweep": Command(
+        "orchestrator.sweep",
+        "run_sweep_command",
+        "a grid of train runs from an experiment file (settings x grid x seeds), resumable; writes the learning report",
+        experiment=True,
+    ),
     "config": Command(
         "orchestrator.cli",
         "show_config",
@@ -96,30 +105,43 @@ def build_parser() -> argparse.ArgumentParser:
     for name, command in COMMANDS.items():
         help_text = command.help
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("config", help="experiment YAML file (see configs/)")
+        where = "configs/experiments/: a sweep" if command.experiment else "configs/"
+        p.add_argument("config", help=f"experiment YAML file (see {where})")
         p.add_argument("overrides", nargs="*", help="dotlist overrides, key=value")
         if name == "config":
             p.add_argument("--explain", action="store_true", help="print every field with its doc")
         if name == "prm-study":
             p.add_argument("--out", default=None, help="report path without suffix (default run_dir/prm_study)")
+        if name == "sweep":
+            p.add_argument("--out", default=None, help="report directory (default docs/results)")
+            p.add_argument("--dry-run", action="store_true", help="print the cells and their status, then exit")
         if name == "bench":
             p.add_argument("--out", default=None, help="JSON output path (default run_dir/bench.json)")
+            p.add_argument(
+                "--modes",
+                default="sync",
+                help="comma-separated: sync (train.max_staleness=0), async (the config's max_staleness, at least 1)",
+            )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     overrides = [_alias(o) for o in args.overrides]
+    command = COMMANDS[args.command]
+    cfg = None  # stays None for an experiment command: it makes and validates its run configs itself
     try:
-        # `steprl config` validates a recipe anywhere: the files it names live where it will run.
-        cfg = load_config(
-            args.config,
-            overrides,
-            check_files=args.command != "config",
-            check_reward_models=COMMANDS[args.command].reward_worker,
-        )
-        module, func = COMMANDS[args.command].module, COMMANDS[args.command].func
-        summary = getattr(importlib.import_module(module), func)(cfg, args)
+        if not command.experiment:
+            # `steprl config` validates a recipe anywhere: the files it names live where it will run.
+            cfg = load_config(
+                args.config,
+                overrides,
+                check_files=args.command != "config",
+                check_reward_models=command.reward_worker,
+            )
+        # imported once the config is known to be good: a bad one fails before torch / Ray are imported
+        run = getattr(importlib.import_module(command.module), command.func)
+        summary = run(args.config if cfg is None else cfg, args)
     except ConfigError as e:  # from validation, or found when the command starts (a missing model dir)
         print(f"steprl {args.command}: config error: {e}", file=sys.stderr)
         return 2
@@ -128,13 +150,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         from orchestrator.rundir import logs_dir
 
+        if cfg is None:  # an experiment command names the failed run itself
+            print(
+                f"steprl {args.command}: {type(e).__name__}: {e}\nrun the same command again to resume", file=sys.stderr
+            )
+            return 1
         print(
             f"steprl {args.command}: {type(e).__name__}: {e}\nactor logs: {logs_dir(cfg.run_dir)}; "
             "continue from the newest checkpoint with resume=true",
             file=sys.stderr,
         )
         return 1
-    if summary:
+    if summary and cfg is not None:
         print(f"summary: {os.path.join(cfg.run_dir, 'summary.json')}")
     return 0
 

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 from algo import registry
 from algo.schedules import SCHEDULES
+from orchestrator.data import EVAL_SPLITS
 from tasks.chat import CHAT_TEMPLATES
 
 # The actor roles of a run (cluster.roles.<role>), and the dtypes every role can run in.
@@ -161,6 +162,14 @@ class AlgoConfig:
     loss_agg: str = f("token", f"loss aggregation: {_names(registry.LOSS_AGGREGATIONS)}")
     entropy_coef: float = f(0.0, "entropy bonus coefficient")
     sft_coef: float = f(0.0, "coefficient of a supervised NLL on correct samples mixed into the policy loss")
+    off_policy: str = f(
+        "recompute",
+        f"what the PPO ratio is taken against: {_names(registry.OFF_POLICY)} (recompute: the learner's log-probs "
+        "at the step's start; behavior: the generator's; decoupled: the learner's, times the weight pi_old / mu)",
+    )
+    tis_cap: Optional[float] = f(
+        None, "cap of the importance weight pi_old / mu of off_policy=decoupled (truncated IS); null = uncapped"
+    )
 
 
 @dataclass
@@ -191,6 +200,19 @@ class SyncConfig:
 
 @dataclass
 class EvalConfig:
+    split: str = f(
+        "test",
+        f"split evaluated on: {_names(EVAL_SPLITS)} (test: the held-out split results are reported on; validation: "
+        "for choosing settings, needs eval.validation_percent or eval.validation_path)",
+    )
+    validation_percent: int = f(
+        0,
+        "arithmetic: percent of all problems (by prompt hash) that form the validation split, taken from "
+        "training; 0 = no validation split, train and test as ever",
+    )
+    validation_path: Optional[str] = f(
+        None, "jsonl: JSONL file of validation prompts, sharing no prompt with task.train_path / task.eval_path"
+    )
     num_problems: int = f(200, "held-out problems per evaluation")
     k: int = f(4, "samples per problem for pass@k")
     temperature: float = f(1.0, "sampling temperature for pass@k")
@@ -203,6 +225,11 @@ class TrainConfig:
     checkpoint_every: int = f(10, "write a checkpoint every N steps (0: only at the end)")
     keep_checkpoints: int = f(2, "checkpoints kept in run_dir/checkpoints")
     timeout_s: float = f(600.0, "deadline of every ray.get / ray.wait on a role (and of learner collectives)")
+    max_staleness: int = f(
+        0,
+        "policy versions a trained sample may lag the learner: 0 = synchronous; k >= 1 = the generators sample "
+        "the next batch while the learner trains on the current one",
+    )
     deterministic: bool = f(
         True,
         "identical metrics for reruns and resumes of one config on the same machine: "

@@ -8,6 +8,13 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+# eval.split -> the task's split it evaluates on. "test" is the held-out split every reported number is
+# measured on (the tasks call it "eval"); "validation" is for choosing settings (learning rates, transforms,
+# stopping), so that the test numbers are not chosen on.
+EVAL_SPLITS = {"test": "eval", "validation": "validation"}
+# The seed of the fixed eval and validation sets: the same problems for every run of the same task settings.
+EVAL_SET_SEED = 12345
+
 
 def task_from_config(cfg: DictConfig):
     """The config's task (tasks.TASKS registry), built from plain values."""
@@ -21,6 +28,8 @@ def task_from_config(cfg: DictConfig):
             tokenizer_dir=cfg.model.policy,
             max_model_len=cfg.rollout.max_model_len,
             trust_remote_code=cfg.model.trust_remote_code,
+            validation_percent=cfg.eval.validation_percent,
+            validation_path=cfg.eval.validation_path,
         )
     )
 
@@ -42,6 +51,6 @@ def step_problems(cfg: DictConfig, task, position: int) -> list:
 
 
 def eval_problems(cfg: DictConfig, task, n: int | None = None) -> list:
-    """The fixed held-out set (same for every run with the same task settings): its first n problems
-    (default eval.num_problems; a larger n extends the same stream)."""
-    return task.sample(cfg.eval.num_problems if n is None else n, "eval", seed=12345)
+    """The fixed set of split eval.split (same for every run with the same task settings): its first n
+    problems (default eval.num_problems; a larger n extends the same stream)."""
+    return task.sample(cfg.eval.num_problems if n is None else n, EVAL_SPLITS[cfg.eval.split], seed=EVAL_SET_SEED)

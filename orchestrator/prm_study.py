@@ -21,7 +21,7 @@ import time
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 
-from orchestrator.rundir import atomic_write_text, jsonable, open_run_dir, write_summary
+from orchestrator.rundir import atomic_write_text, jsonable, kept_notes, open_run_dir, write_summary
 
 console = Console()
 AUTOMATIC = ("mc_hard", "mc_soft", "prover")  # labels made without the oracle
@@ -107,18 +107,10 @@ def write_report(report: dict, out: str, budgets: list[int]) -> None:
     """<out>.json and <out>.md: labels against the oracle, PRMs per kind and meaning, search by budget."""
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     atomic_write_text(out + ".json", json.dumps(jsonable(report), indent=2, sort_keys=True) + "\n")
-    atomic_write_text(out + ".md", render_markdown(report, budgets) + _kept_notes(out + ".md"))
+    atomic_write_text(out + ".md", render_markdown(report, budgets) + kept_notes(out + ".md", NOTES_HEADING))
 
 
 NOTES_HEADING = "## What the numbers say"
-
-
-def _kept_notes(path: str) -> str:
-    """The hand-written reading of an earlier report (from NOTES_HEADING on): remaking the tables keeps it."""
-    if not os.path.isfile(path):
-        return ""
-    text = open(path, encoding="utf-8").read()
-    return "\n" + text[text.index(NOTES_HEADING) :] if NOTES_HEADING in text else ""
 
 
 def _f(x, digits: int = 3) -> str:

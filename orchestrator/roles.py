@@ -129,6 +129,8 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         kl_coef=a.kl_coef if a.kl_in == "loss" else 0.0,
         kl_estimator=a.kl_estimator,
         sft_coef=a.sft_coef,
+        off_policy=a.off_policy,
+        tis_cap=a.tis_cap,
     )
     rank_kwargs = dict(
         model_dir=policy_dir,

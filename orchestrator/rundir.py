@@ -48,3 +48,13 @@ def jsonable(x):
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
+
+
+def kept_notes(path: str, heading: str) -> str:
+    """The hand-written part of an earlier report at path (from `heading` on), so that remaking its tables
+    keeps it; empty when there is no such file or heading."""
+    if not os.path.isfile(path):
+        return ""
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    return "\n" + text[text.index(heading) :] if heading in text else ""

@@ -2,11 +2,15 @@
 
 prompts -> generate (streamed) -> reward / critic / reference scoring -> advantages -> learner update
         -> publish weights (version + 1) -> generators load them, per-tensor hashes compared
+
+Generation and publishing belong to the pipeline (orchestrator/pipeline.py), which with train.max_staleness >= 1
+runs them for the next step while the learner trains on this one.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from algo import registry
@@ -15,7 +19,8 @@ from algo.trajectory import PromptRequest
 from orchestrator.config import SYNC_METHODS
 from orchestrator.generators import Published
 from orchestrator.metrics import rollout_stats
-from orchestrator.rollout import stream_rollouts
+from orchestrator.pipeline import Pipeline, Staged
+from orchestrator.rollout import Rollout, stream_rollouts
 from orchestrator.runtime import ray_get
 
 
@@ -36,21 +41,15 @@ class StepSettings:
     timeout_s: float
     sync_method: str  # sync.method
     reward_batch: int = 1  # reward.batch_size: trajectories per call to a reward replica
+    prefetch: bool = False  # may the pipeline start the next step's batch now (False at evaluations, checkpoints)
 
 
-def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: int) -> tuple[dict, list]:
-    """Returns the step's metrics and its scored trajectories (in group, sample order)."""
+def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: int) -> tuple[dict, list]:
+    """Step `step` for the learner at `version`: its metrics and its scored trajectories (in group, sample
+    order). The pipeline hands over the scored batch (generated now, or while the previous step trained)
+    and publishes weights to the generators when the batch would otherwise be too old (orchestrator/pipeline.py)."""
     t0 = time.time()
-    rollout = stream_rollouts(
-        roles.generators,
-        roles.rewards,
-        requests,
-        s.sampling,
-        reward_batch=s.reward_batch,
-        critic=roles.critic,
-        reference=roles.reference,
-        timeout_s=s.timeout_s,
-    )
+    rollout, metrics = pipeline.next(step, version, prefetch=s.prefetch)
     batch = collate(rollout.trajectories, s.pad_id)
     add_response_values(batch, "old_values", rollout.values)
     add_response_values(batch, "ref_logprobs", rollout.ref_logprobs)
@@ -66,21 +65,18 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
     if s.sft_coef > 0:
         batch["sft_mask"] = correct_response_mask(batch)
     t_train = time.time()
-    metrics = roles.learner.train_step(batch) if s.train_policy else {}
+    metrics.update(roles.learner.train_step(batch) if s.train_policy else {})
     if roles.critic is not None:
         metrics.update(ray_get(roles.critic.train_step.remote(batch), "critic", "train_step", s.timeout_s))
-    t_sync = time.time()
-    if s.train_policy:
-        metrics.update(publish_weights(roles, version + 1, s.timeout_s, s.sync_method))
     end = time.time()
     metrics.update(rollout.timing)
     metrics.update(rollout_stats(rollout.trajectories))
     tokens = float(batch["response_mask"].sum())
     metrics.update(
         {
+            "policy_version": version + 1 if s.train_policy else version,
             "kl/behavior_ref": kl_behavior_ref,
-            "timing/train_s": t_sync - t_train,
-            "timing/sync_s": end - t_sync,
+            "timing/train_s": end - t_train,
             "timing/step_s": end - t0,
             "perf/tokens_per_s": tokens / max(1e-9, end - t0),
             "samples_step": len(rollout.trajectories),
@@ -89,31 +85,67 @@ def train_step(roles, s: StepSettings, requests: list[PromptRequest], version: i
             "policy_version_sampled": min(t.policy_version for t in rollout.trajectories),
         }
     )
+    metrics.setdefault("timing/sync_s", 0.0)
     return metrics, rollout.trajectories
+
+
+def score_rollout(roles, s: StepSettings, requests: list[PromptRequest]) -> Rollout:
+    """Generate the batch of `requests` and score each trajectory as it finishes (orchestrator/rollout.py)."""
+    return stream_rollouts(
+        roles.generators,
+        roles.rewards,
+        requests,
+        s.sampling,
+        reward_batch=s.reward_batch,
+        critic=roles.critic,
+        reference=roles.reference,
+        timeout_s=s.timeout_s,
+    )
 
 
 def publish_weights(roles, version: int, timeout_s: float, method: str) -> dict:
     """Learner publishes `version` by `method` (sync.method); every generator loads it with generation
     paused; the hashes of every generator's read-back weights must equal those of what the learner sent
     (a dead generator is replaced by one that loads it)."""
+    return stage_weights(roles, version, timeout_s, method).finish()
+
+
+def stage_weights(roles, version: int, timeout_s: float, method: str) -> Staged:
+    """The learner's half of publishing `version`, done now (every rank holds the same weights; with
+    object_store, rank 0's weights go into Ray's object store), while the generators may still be sampling;
+    Staged.finish does the generators' half, which needs them idle, and returns the sync metrics."""
     t0 = time.time()
     if method not in SYNC:
         raise ValueError(f"sync.method {method!r}: expected one of {', '.join(SYNC_METHODS)}")
     roles.learner.fingerprint()  # raises unless every learner rank holds rank 0's weights (what is sent)
-    metrics = SYNC[method](roles.learner, roles.generators, version)
-    return {"policy_version": version, **metrics, "sync/total_s": time.time() - t0}
+    load, overlaps_training = SYNC[method](roles.learner, roles.generators, version)
+    staged = time.time() - t0
+
+    def finish() -> dict:
+        t1 = time.time()
+        metrics = load()
+        return {"policy_version": version, **metrics, "sync/stage_s": staged, "sync/total_s": staged + time.time() - t1}
+
+    return Staged(finish, overlaps_training)
 
 
-def _sync_object_store(learner, pool, version: int) -> dict:
-    """Rank 0's weights go into Ray's object store once; every generator loads them from there."""
-    ref = learner.export_weights()
-    return pool.load_weights(Published(version, learner.last_export["hashes"], ref))
+def _sync_object_store(learner, pool, version: int) -> tuple[Callable[[], dict], bool]:
+    """Rank 0's weights go into Ray's object store once (now); every generator loads them from there (later,
+    possibly while the learner trains on: the copy in the store does not change)."""
+    ref = learner.export_weights()  # sets learner.last_export, the hashes of what it sent
+    published = Published(version, learner.last_export["hashes"], ref)
+    return (lambda: pool.load_weights(published)), True
 
 
-def _sync_collective(learner, pool, version: int) -> dict:
-    """Rank 0 broadcasts tensor by tensor to every generator's vLLM worker (learner.backend)."""
-    channel = learner.weight_channel(world_size=1 + len(pool.actors))
-    return pool.receive_weights(version, channel, lambda: learner.send_weights(channel), learner.export_weights)
+def _sync_collective(learner, pool, version: int) -> tuple[Callable[[], dict], bool]:
+    """Rank 0 broadcasts tensor by tensor to every generator's vLLM worker (learner.backend): both sides at
+    once, later, and before the learner trains again (it would broadcast its new weights)."""
+
+    def broadcast() -> dict:
+        channel = learner.weight_channel(world_size=1 + len(pool.actors))
+        return pool.receive_weights(version, channel, lambda: learner.send_weights(channel), learner.export_weights)
+
+    return broadcast, False
 
 
 # sync.method (orchestrator.config.SYNC_METHODS) -> the function _sync_<method> above

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from contextlib import closing
 from typing import Any
 
 import ray
@@ -28,10 +29,11 @@ from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_che
 from orchestrator.config import ModelConfig
 from orchestrator.data import eval_problems, prompt_requests, step_problems, task_from_config
 from orchestrator.metrics import MetricsLog, plot_curves, sample_records
+from orchestrator.pipeline import Pipeline
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
 from orchestrator.rundir import logs_dir, open_run_dir, write_summary
 from orchestrator.runtime import RoleError, init_ray
-from orchestrator.step import StepSettings, publish_weights, train_step
+from orchestrator.step import StepSettings, publish_weights, score_rollout, stage_weights, train_step
 from orchestrator.validate import ConfigError
 
 console = Console()
@@ -46,6 +48,11 @@ def run_train(cfg: DictConfig, args=None) -> dict:
     skipped = {f"data/{split}_rows_skipped": getattr(task, f"{split}_skipped", 0) for split in ("train", "eval")}
     if any(skipped.values()):  # task.skip_bad_rows: counted and said, never silently dropped
         console.print(f"[yellow]skipped bad or overlong JSONL rows: {skipped}[/]")
+    if cfg.train.max_staleness and cfg.algo.off_policy == "recompute":
+        console.print(
+            f"[yellow]train.max_staleness={cfg.train.max_staleness} with algo.off_policy=recompute: nothing corrects "
+            "for the samples' lag (on the CPU demo this stopped learning); consider algo.off_policy=decoupled[/]"
+        )
     started_ray = not ray.is_initialized()
     init_ray(cfg.cluster.address, cfg.cluster.num_cpus, cfg.cluster.threads_per_actor)
     updates = cfg.train.steps * cfg.learner.ppo_epochs * cfg.learner.mini_batches
@@ -93,16 +100,26 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
         TextColumn("{task.fields[info]}"),
         console=console,
     )
-    with progress:
+    pipeline = Pipeline(
+        cfg.train.max_staleness,
+        rollout_of=lambda step: score_rollout(roles, settings(cfg, roles, step), step_requests(cfg, task, step)),
+        stage=lambda version: stage_weights(roles, version, timeout, cfg.sync.method),
+        generator_version=state["version"],
+    )
+    with progress, closing(pipeline):
         bar = progress.add_task("rl", total=cfg.train.steps, completed=state["step"], info="")
         masked_streak = 0
         while state["step"] < cfg.train.steps:
             step = state["step"] + 1
-            requests = prompt_requests(task, step_problems(cfg, task, state["data_position"]))
-            metrics, trajectories = train_step(roles, settings(cfg, roles, step), requests, state["version"])
+            evaluate_now = step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0)
+            checkpoint_now = step == cfg.train.steps or (
+                cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
+            )
+            s = settings(cfg, roles, step, prefetch=not (evaluate_now or checkpoint_now))
+            metrics, trajectories = train_step(roles, s, pipeline, step, state["version"])
             state.update(
                 step=step,
-                version=metrics.get("policy_version", state["version"]),
+                version=metrics["policy_version"],
                 samples=state["samples"] + metrics["samples_step"],
                 data_position=step,
             )
@@ -111,17 +128,19 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
                 "policy_version": state["version"],
                 "samples": state["samples"],
                 "data/position": step - 1,
-                "data/prompts_hash": prompts_hash(requests),
+                "data/prompts_hash": prompts_hash(step_requests(cfg, task, step)),
                 **metrics,
             }
-            if step == cfg.train.steps or (cfg.train.eval_every and step % cfg.train.eval_every == 0):
+            if evaluate_now:
+                caught_up = pipeline.catch_up(state["version"])  # evaluate the newest weights
+                row.update(caught_up, **{"timing/sync_s": row["timing/sync_s"] + caught_up.get("timing/sync_s", 0.0)})
                 row.update(evaluate(cfg, roles, problems, task.prompt_text))
             log.log(row)
             samples_log.log(*sample_records(step, trajectories))
             masked_streak = check_masked(
                 masked_streak, metrics, cfg.reward.max_masked_fraction, cfg.reward.max_masked_steps
             )
-            if step == cfg.train.steps or (cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0):
+            if checkpoint_now:
                 save_checkpoint(run_dir, roles, state, cfg.train.keep_checkpoints, timeout)
             progress.update(bar, advance=1, info=_bar_info(row))
     log.close()
@@ -165,7 +184,12 @@ def prompts_hash(requests: list[PromptRequest]) -> str:
     return hashlib.sha1("\n".join(r.text for r in requests).encode()).hexdigest()[:12]
 
 
-def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
+def step_requests(cfg: DictConfig, task, step: int) -> list[PromptRequest]:
+    """The prompts of train step `step` (1-based): data position step - 1."""
+    return prompt_requests(task, step_problems(cfg, task, step - 1))
+
+
+def settings(cfg: DictConfig, roles: Roles, step: int, prefetch: bool = False) -> StepSettings:
     a, r = cfg.algo, cfg.rollout
     return StepSettings(
         sampling={
@@ -187,6 +211,7 @@ def settings(cfg: DictConfig, roles: Roles, step: int) -> StepSettings:
         timeout_s=cfg.train.timeout_s,
         sync_method=cfg.sync.method,
         reward_batch=cfg.reward.batch_size,
+        prefetch=prefetch,
     )
 
 

@@ -29,6 +29,7 @@ from orchestrator.config import (
     ExperimentConfig,
     RoleResources,
 )
+from orchestrator.data import EVAL_SPLITS
 from tasks import TASKS
 from tasks.arithmetic import OPERATORS
 from tasks.chat import CHAT_TEMPLATES
@@ -52,15 +53,7 @@ def load_config(
     worker, e.g. steprl train-prm, which writes the PRM a later steprl train of the same config scores with)."""
     layers = []
     if path is not None:
-        if not os.path.isfile(path):
-            raise ConfigError(f"config file not found: {path}")
-        with open(path) as fh:
-            try:
-                raw = yaml.safe_load(fh) or {}
-            except yaml.YAMLError as e:
-                raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: top level must be a mapping of sections, got {type(raw).__name__}")
+        raw = read_yaml_mapping(path, "config", "sections")
         check_known_keys(raw, ExperimentConfig, "", source=path)
         layers.append(raw)
     for item in overrides:
@@ -69,18 +62,32 @@ def load_config(
         raw = plain_dict(OmegaConf.from_dotlist([item]))
         check_known_keys(raw, ExperimentConfig, "", source="command line")
         layers.append(raw)
-    cfg = OmegaConf.structured(ExperimentConfig)
     try:
-        for layer in layers:
-            cfg = OmegaConf.merge(cfg, layer)
+        # one merge of every layer: each merge deep-copies the whole config (steprl sweep builds hundreds)
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), *layers)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or "config"
         raise ConfigError(f"{key}: {str(e).splitlines()[0]}") from None
+    assert isinstance(cfg, DictConfig)  # the schema is a mapping, and so are the layers
     validate(cfg)
     if check_files:
         validate_files(cfg, check_reward_models)
     OmegaConf.set_readonly(cfg, True)
     return cfg
+
+
+def read_yaml_mapping(path: str, kind: str, items: str) -> dict:
+    """A YAML file whose top level is a mapping (of `items`); a ConfigError names the file otherwise."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{kind} file not found: {path}")
+    with open(path) as fh:
+        try:
+            raw = yaml.safe_load(fh) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of {items}, got {type(raw).__name__}")
+    return raw
 
 
 def plain_dict(node: Any) -> dict[str, Any]:
@@ -164,6 +171,9 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("algo.clip_high", lambda v: v > 0, lambda: "a number > 0"),
     ("algo.dual_clip", lambda v: v is None or v > 1, lambda: "null or a number > 1"),
     ("algo.loss_agg", *_choices(registry.LOSS_AGGREGATIONS)),
+    ("algo.off_policy", *_choices(registry.OFF_POLICY)),
+    ("algo.tis_cap", lambda v: v is None or v > 0, lambda: "null or a number > 0"),
+    ("train.max_staleness", lambda v: v >= 0, lambda: "an integer >= 0"),
     ("algo.entropy_coef", lambda v: v >= 0, lambda: "a number >= 0"),
     ("algo.sft_coef", lambda v: v >= 0, lambda: "a number >= 0"),
     ("learner.num_ranks", _positive, lambda: "an integer >= 1"),
@@ -176,6 +186,8 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("learner.mini_batches", _positive, lambda: "an integer >= 1"),
     ("sync.method", *_choices(SYNC_METHODS)),
     ("eval.num_problems", _positive, lambda: "an integer >= 1"),
+    ("eval.split", *_choices(tuple(EVAL_SPLITS))),
+    ("eval.validation_percent", lambda v: 0 <= v <= 50, lambda: "an integer in [0, 50]"),
     ("eval.k", _positive, lambda: "an integer >= 1"),
     ("train.steps", lambda v: v >= 0, lambda: "an integer >= 0"),
     ("train.timeout_s", _positive, lambda: "a number of seconds > 0"),
@@ -245,6 +257,7 @@ def validate(cfg: DictConfig) -> None:
     step_weights = [s.weight for s in cfg.reward.sources if SOURCES[s.name].gives == "step"]
     if step_weights and sum(step_weights) <= 0:
         raise ConfigError("reward.sources: the weights of the step sources sum to 0 (their mean is undefined)")
+    _check_validation_split(cfg.task.kind, cfg.eval)
     takes = registry.TRANSFORMS[cfg.reward.transform].params
     for key in cfg.reward.transform_params:
         if key not in takes:
@@ -264,6 +277,8 @@ def validate_files(cfg: DictConfig, check_reward_models: bool = True) -> None:
         for key in ("train_path", "eval_path"):
             if not os.path.isfile(cfg.task[key]):
                 raise ConfigError(f"task.{key}: no JSONL file at {cfg.task[key]!r}")
+        if cfg.eval.validation_path is not None and not os.path.isfile(cfg.eval.validation_path):
+            raise ConfigError(f"eval.validation_path: no JSONL file at {cfg.eval.validation_path!r}")
     _check_local_bf16(cfg)
 
 
@@ -346,6 +361,11 @@ def _cross_field(cfg: DictConfig) -> None:
     if cfg.sync.method == "collective" and learner.backend == "nccl" and cfg.cluster.roles.generator.num_gpus <= 0:
         # the broadcast runs over learner.backend, and NCCL moves CUDA tensors only
         raise ConfigError("sync.method=collective with learner.backend=nccl needs cluster.roles.generator.num_gpus > 0")
+    if a.tis_cap is not None and a.off_policy != "decoupled":
+        raise ConfigError(
+            f"algo.tis_cap={a.tis_cap} caps the importance weight of algo.off_policy=decoupled; "
+            f"algo.off_policy={a.off_policy} has none (set algo.off_policy=decoupled, or tis_cap=null)"
+        )
     if learner.critic_warmup_steps and not estimator.needs_values:
         critics = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.needs_values)
         raise ConfigError(
@@ -357,6 +377,26 @@ def _cross_field(cfg: DictConfig) -> None:
         raise ConfigError(
             f"algo.estimator={a.estimator} needs step rewards but reward.sources has no step source ({steps})"
         )
+
+
+# How each task kind gets a validation split: the eval field that makes it, and whether that field is set.
+VALIDATION_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "arithmetic": ("eval.validation_percent", lambda ev: ev.validation_percent > 0),
+    "jsonl": ("eval.validation_path", lambda ev: ev.validation_path is not None),
+}
+
+
+def _check_validation_split(kind: str, ev: DictConfig) -> None:
+    """eval.split=validation needs the task kind's validation field; the other kind's field is an error
+    (set, it would be silently ignored)."""
+    field, is_set = VALIDATION_FIELDS[kind]
+    if ev.split == "validation" and not is_set(ev):
+        raise ConfigError(
+            f"eval.split=validation: task.kind={kind} takes its validation split from {field}, which is not set"
+        )
+    for other_kind, (other, other_set) in VALIDATION_FIELDS.items():
+        if other_kind != kind and other_set(ev):
+            raise ConfigError(f"{other}: applies to task.kind={other_kind}; task.kind={kind} uses {field}")
 
 
 def needs_critic(cfg: DictConfig) -> bool:

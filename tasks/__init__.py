@@ -1,7 +1,8 @@
 """Reasoning tasks with verifiable answers (and, for arithmetic chains, oracle step labels).
 
 `TASKS` is the registry of task kinds (`task.kind` in a config): name -> a constructor from TaskSettings.
-Every task offers sample(n, split, seed), prompt_text(problem) (the text the policy is prompted with, chat
+Every task offers sample(n, split, seed) (split: "train", "eval" = the held-out test split, or "validation"
+for choosing settings), prompt_text(problem) (the text the policy is prompted with, chat
 template included) and question_text(problem) (the question as written, for the reward sources); problems
 carry an `answer`.
 """
@@ -34,6 +35,9 @@ class TaskSettings:
     max_model_len: int
     trust_remote_code: bool
     chat_template: str = "none"  # task.chat_template (tasks.chat.CHAT_TEMPLATES); jsonl only
+    # The validation split (eval.validation_percent / eval.validation_path in a config): none by default.
+    validation_percent: int = 0  # arithmetic: hash buckets taken from train
+    validation_path: str | None = None  # jsonl: a third file, disjoint from the other two
 
 
 TASKS: dict[str, Callable[[TaskSettings], Any]] = {

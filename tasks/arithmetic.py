@@ -13,8 +13,11 @@ format, while with a "rewrite the remaining expression" format our tiny policy s
 Every line ends with the step delimiter "\\n"; the response then ends with EOS. The answer line is the
 last step. A chain of n operations therefore has n + 1 steps.
 
-Train and eval splits are disjoint by construction: a stable hash (sha256) of the prompt string decides
-the split, so no eval prompt can ever be sampled for training, whatever the seed.
+Train, eval (the held-out test split) and validation splits are disjoint by construction: a stable hash
+(sha256) of the prompt string puts every prompt in one bucket of 100, and the bucket decides the split, so no
+eval or validation prompt can ever be sampled for training, whatever the seed. Buckets below eval_percent are
+eval, the next validation_percent are validation, the rest train. validation_percent=0 (the default) gives no
+validation split and leaves train and eval exactly as they were before the validation split existed.
 """
 
 from __future__ import annotations
@@ -67,10 +70,17 @@ def prompt_id_of(prompt: str) -> str:
     return "ar-" + hashlib.sha256(prompt.encode()).hexdigest()[:12]
 
 
-def split_of(prompt: str, eval_percent: int = 20) -> str:
-    """'eval' for a fixed eval_percent% of all prompts (by hash), 'train' for the rest."""
+SPLITS = ("train", "eval", "validation")
+
+
+def split_of(prompt: str, eval_percent: int = 20, validation_percent: int = 0) -> str:
+    """'eval' for a fixed eval_percent% of all prompts (by hash), 'validation' for the next
+    validation_percent%, 'train' for the rest. Validation takes its buckets from train, never from eval, so
+    the eval split (and every eval set drawn from it) is the same whatever validation_percent is."""
     bucket = int(hashlib.sha256(("split:" + prompt).encode()).hexdigest()[:8], 16) % 100
-    return "eval" if bucket < eval_percent else "train"
+    if bucket < eval_percent:
+        return "eval"
+    return "validation" if bucket < eval_percent + validation_percent else "train"
 
 
 def make_problem(operands: list[int] | tuple[int, ...], ops: list[str] | tuple[str, ...], modulus: int = 10) -> Problem:
@@ -136,6 +146,7 @@ class ArithmeticTask:
         operators: str = "+-",
         seed: int = 0,
         eval_percent: int = 20,
+        validation_percent: int = 0,
     ):
         operand_max = modulus - 1 if operand_max is None else operand_max
         if not 1 <= min_steps <= max_steps:
@@ -148,9 +159,11 @@ class ArithmeticTask:
             raise ValueError(f"operators={operators!r}: each must be one of {sorted(OPERATORS)}")
         if not 0 < eval_percent < 100:
             raise ValueError(f"eval_percent must be in (0, 100), got {eval_percent}")
+        if not 0 <= validation_percent < 100 - eval_percent:  # train must keep at least one bucket
+            raise ValueError(f"validation_percent must be in [0, {100 - eval_percent}), got {validation_percent}")
         self.min_steps, self.max_steps = min_steps, max_steps
         self.modulus, self.operand_max, self.operators = modulus, operand_max, operators
-        self.eval_percent = eval_percent
+        self.eval_percent, self.validation_percent = eval_percent, validation_percent
         self.rng = random.Random(seed)
 
     @classmethod
@@ -162,6 +175,7 @@ class ArithmeticTask:
             operand_max=s.operand_max,
             operators=s.operators,
             seed=s.seed,
+            validation_percent=s.validation_percent,
         )
 
     def _draw(self, rng: random.Random) -> Problem:
@@ -172,19 +186,21 @@ class ArithmeticTask:
 
     def sample(self, n: int, split: str = "train", seed: int | None = None) -> list[Problem]:
         """n problems of one split (duplicates possible). seed=None continues the task's own stream;
-        an int gives a fixed set (use it for eval sets)."""
-        if split not in ("train", "eval"):
-            raise ValueError(f"split must be 'train' or 'eval', got {split!r}")
+        an int gives a fixed set (use it for eval and validation sets)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+        if split == "validation" and not self.validation_percent:  # else the loop below would never end
+            raise ValueError("no validation split: validation_percent is 0 (eval.validation_percent in a config)")
         rng = self.rng if seed is None else random.Random(seed)
         out: list[Problem] = []
         while len(out) < n:
             p = self._draw(rng)
-            if split_of(p.prompt, self.eval_percent) == split:
+            if self.split_of(p) == split:
                 out.append(p)
         return out
 
     def split_of(self, problem: Problem) -> str:
-        return split_of(problem.prompt, self.eval_percent)
+        return split_of(problem.prompt, self.eval_percent, self.validation_percent)
 
     def max_response_chars(self) -> int:
         """Length bound of a gold response at max_steps (for choosing max_new_tokens)."""

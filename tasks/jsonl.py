@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 
 class JsonlTask:
-    """Train and eval problems from two JSONL files.
+    """Train and eval problems from two JSONL files, and validation problems from an optional third one.
+
+    The validation file must share no prompt with the other two (checked when it is read): settings chosen on
+    it must not have been trained on, nor be the ones the test numbers are reported on.
 
     With a tokenizer, every prompt must leave room to generate: at most max_model_len - 2 tokens (vLLM
     rejects a prompt of max_model_len tokens, and one of max_model_len - 1 leaves a single token, not a
@@ -34,21 +37,31 @@ class JsonlTask:
         max_model_len: int | None = None,
         chat_template: str = "none",
         tokenizer_dir: str = "",
+        validation_path: str | None = None,
     ) -> None:
         # Checked before the files are read: a template-less tokenizer fails fast, naming the field.
         self.format_prompt = chat_formatter(chat_template, tokenizer, tokenizer_dir)
-        self.train, self.train_skipped = load_jsonl_problems(train_path, skip_bad)
-        self.eval, self.eval_skipped = load_jsonl_problems(eval_path, skip_bad)
+        paths = {"train": train_path, "eval": eval_path}
+        if validation_path is not None:
+            paths["validation"] = validation_path
+        loaded = {split: load_jsonl_problems(path, skip_bad) for split, path in paths.items()}
+        self.pools = {split: rows for split, (rows, _) in loaded.items()}  # split -> its problems
+        self.skipped = {split: n for split, (_, n) in loaded.items()}  # split -> rows skipped
         if tokenizer is not None:
             if max_model_len is None:
                 raise ValueError("JsonlTask: a tokenizer needs max_model_len to check prompt lengths")
             fmt = None if chat_template == "none" else self.format_prompt
-            self.train, train_overlong = drop_overlong(self.train, tokenizer, max_model_len, skip_bad, fmt)
-            self.eval, eval_overlong = drop_overlong(self.eval, tokenizer, max_model_len, skip_bad, fmt)
-            self.train_skipped += train_overlong
-            self.eval_skipped += eval_overlong
-        if not self.train or not self.eval:
-            raise ValueError(f"no usable rows in {train_path if not self.train else eval_path}")
+            for split in paths:
+                self.pools[split], overlong = drop_overlong(self.pools[split], tokenizer, max_model_len, skip_bad, fmt)
+                self.skipped[split] += overlong
+        empty = [path for split, path in paths.items() if not self.pools[split]]
+        if empty:
+            raise ValueError(f"no usable rows in {empty[0]}")
+        self.train, self.eval = self.pools["train"], self.pools["eval"]
+        self.train_skipped, self.eval_skipped = self.skipped["train"], self.skipped["eval"]
+        self.validation_skipped = self.skipped.get("validation", 0)
+        if validation_path is not None:
+            check_disjoint(self.pools["validation"], self.train + self.eval, validation_path)
 
     @classmethod
     def from_settings(cls, s: TaskSettings) -> JsonlTask:
@@ -58,12 +71,25 @@ class JsonlTask:
 
         tokenizer = AutoTokenizer.from_pretrained(s.tokenizer_dir, trust_remote_code=s.trust_remote_code)
         return cls(
-            s.train_path, s.eval_path, s.skip_bad_rows, tokenizer, s.max_model_len, s.chat_template, s.tokenizer_dir
+            s.train_path,
+            s.eval_path,
+            s.skip_bad_rows,
+            tokenizer,
+            s.max_model_len,
+            s.chat_template,
+            s.tokenizer_dir,
+            validation_path=s.validation_path,
         )
 
     def sample(self, n: int, split: str = "train", seed: int | None = None) -> list[TextProblem]:
-        pool = self.train if split == "train" else self.eval
-        if split == "eval":
+        """Train: n rows drawn with replacement (seeded). Eval and validation: the file's first n rows, a
+        fixed set whatever the seed."""
+        if split not in self.pools:
+            if split == "validation":
+                raise ValueError("task.kind=jsonl has no validation split: set eval.validation_path to a JSONL file")
+            raise ValueError(f"split must be one of {', '.join(self.pools)}, got {split!r}")
+        pool = self.pools[split]
+        if split != "train":
             return pool[:n]
         rng = random.Random(seed)
         return [pool[rng.randrange(len(pool))] for _ in range(n)]
@@ -76,6 +102,17 @@ class JsonlTask:
     def question_text(problem: TextProblem) -> str:
         """The question as written in the data, before any chat template (what the reward sources get)."""
         return problem.prompt
+
+
+def check_disjoint(validation: list[TextProblem], others: list[TextProblem], path: str) -> None:
+    """DatasetError naming the first validation row whose prompt is also a train or eval prompt."""
+    seen = {p.prompt for p in others}
+    for p in validation:
+        if p.prompt in seen:
+            raise DatasetError(
+                f"{p.source or path}: this validation prompt is also in the train or eval file; the validation "
+                f"split must be disjoint from both: {p.prompt[:80]!r}"
+            )
 
 
 def drop_overlong(

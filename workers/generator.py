@@ -254,6 +254,29 @@ class GeneratorWorker:
             info={"replica": self.replica, "sample": i, **({"prefix": req.prefix} if req.prefix else {})},
         )
 
+    def standalone_rate(
+        self, requests: list[PromptRequest], *, n: int, temperature: float, max_tokens: int, repeats: int = 3
+    ) -> dict:
+        """The engine's tokens/s on these prompts outside the loop (`steprl bench`), median of `repeats` calls
+        after an untimed one (the first call of each kind warms up): bare vLLM (one `LLM.generate` call, n
+        samples per prompt, no log-probs) and this class's own `generate` (a request per sample, log-probs,
+        Trajectories). Their gap, and the gap to the loop, say where generation time goes."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        prompts = [TokensPrompt(prompt_token_ids=self._prompt_ids(r)) for r in requests]
+        params = SamplingParams(n=n, temperature=temperature, max_tokens=max_tokens, seed=0)
+
+        def bare() -> int:
+            outputs = self._llm.generate(prompts, params, use_tqdm=False)
+            return sum(len(c.token_ids) for o in outputs for c in o.outputs)
+
+        def own() -> int:
+            trajectories = self.generate(requests, n=n, temperature=temperature, max_tokens=max_tokens, seed=0)
+            return sum(len(t.response_ids) for t in trajectories)
+
+        return {f"{name}_tok_s": _median_rate(fn, repeats) for name, fn in (("bare", bare), ("generate", own))}
+
     # ----------------------------------------------------------------------------- weights
     def load_weights(self, version: int, weights: list[tuple[str, torch.Tensor]] | dict[str, torch.Tensor]) -> dict:
         """Swap in HF-named full weights (model.named_parameters() of the learner's HF model), the
@@ -362,3 +385,14 @@ def _check_sampling(
     for r in requests:
         if r.samples is not None and (len(set(r.samples)) != len(r.samples) or not all(0 <= i < n for i in r.samples)):
             raise ValueError(f"prompt_id={r.prompt_id!r}: samples {r.samples} must be distinct indices in [0, {n})")
+
+
+def _median_rate(generate_tokens, repeats: int) -> float:
+    """Median tokens/s of `repeats` timed calls of generate_tokens() -> tokens, after one untimed call."""
+    generate_tokens()
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tokens = generate_tokens()
+        rates.append(tokens / (time.perf_counter() - start))
+    return sorted(rates)[len(rates) // 2]

@@ -19,6 +19,7 @@ SMALL = [
 TIMING_PREFIXES = (
     "timing/",
     "perf/",
+    "sync/stage_s",
     "sync/load_s",
     "sync/send_s",
     "sync/total_s",

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from algo import registry
-from engine.batching import accumulated_step, epochs_of_updates, micro_weight, position_ids, shard, shift_right
+from engine.batching import (
+    accumulated_step,
+    epochs_of_updates,
+    forward_logits,
+    micro_weight,
+    position_ids,
+    shard,
+    shift_right,
+)
 from engine.build import ds_config
 from learner.objective import ObjectiveCoefs, micro_objective, units
 
@@ -161,3 +169,27 @@ def test_epochs_of_updates_averages_over_every_update():
     assert sorted(calls[0] + calls[1]) == [0, 1, 2, 3] and sorted(calls[2] + calls[3]) == [0, 1, 2, 3]
     # loss (1 + 2 + 3 + 4) / 4 = 2.5; kl never reported -> 0; grad norm 25; lr of the last update 2.0
     assert m == {"loss": 2.5, "kl": 0.0, "grad_norm": 25.0, "lr": 2.0}
+
+
+def test_forward_logits_skips_trailing_padding_and_changes_no_real_position():
+    # Rows of 3 and 5 real tokens right-padded to 8: the model sees 5 columns; columns 5-7 come back as zeros,
+    # and every real position's logits equal those of the padded forward (masked keys take no part).
+    from transformers import Qwen2ForCausalLM
+
+    from tasks.models import tiny_qwen2_config
+
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(
+        tiny_qwen2_config(vocab_size=32, eos_id=1, pad_id=0, hidden=64, heads=2, kv_heads=1, layers=2)
+    ).eval()
+    ids = torch.randint(2, 32, (2, 8))
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0, 0, 0], [1, 1, 1, 1, 1, 0, 0, 0]])
+    seen = []
+    model.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["input_ids"].shape[1]), with_kwargs=True)
+    with torch.no_grad():
+        cut = forward_logits(model, ids, mask)
+        full = model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask)).logits
+    assert seen == [5, 8] and cut.shape == full.shape  # the cut forward, then the full one
+    assert float(cut[:, 5:].abs().sum()) == 0.0
+    for row, n in enumerate((3, 5)):
+        torch.testing.assert_close(cut[row, :n], full[row, :n], rtol=1e-5, atol=1e-5)

@@ -18,7 +18,8 @@ import torch
 import orchestrator.rollout
 import orchestrator.step
 from algo.trajectory import PromptRequest, Trajectory
-from orchestrator.step import StepSettings, train_step
+from orchestrator.pipeline import Pipeline
+from orchestrator.step import StepSettings, score_rollout, stage_weights, train_step
 
 PROMPTS = {0: [5, 6], 1: [7, 8, 9]}  # group -> prompt ids (different lengths on purpose)
 LENGTHS = {(0, 0): 3, (0, 1): 4, (1, 0): 2, (1, 1): 5}  # (group, sample) -> response length
@@ -47,7 +48,7 @@ def make_traj(g: int, s: int) -> Trajectory:
         uid=f"g{g}-s{s}",
         prompt_id=f"p{g}",
         group_id=g,
-        policy_version=3 + s,
+        policy_version=7,  # the version the steps below train at: a fresh batch
         prompt_ids=PROMPTS[g],
         response_ids=[100 + 10 * g + s] * n,
         behavior_logprobs=[-1.0] * n,
@@ -142,6 +143,20 @@ def make_roles(critic=False, reference=False, outcomes=OUTCOMES):
     )
 
 
+def run_step(roles, s: StepSettings, version: int = 7):
+    """One synchronous step as the train loop runs it, then the generators catch up with the new weights (as
+    before an evaluation): returns the step's metrics, the catch-up's merged in, and its trajectories."""
+    pipeline = Pipeline(
+        0,
+        rollout_of=lambda step: score_rollout(roles, s, REQUESTS),
+        stage=lambda v: stage_weights(roles, v, s.timeout_s, s.sync_method),
+        generator_version=version,
+    )
+    metrics, trajs = train_step(roles, s, pipeline, 1, version)
+    metrics.update(pipeline.catch_up(metrics["policy_version"]))
+    return metrics, trajs
+
+
 @pytest.fixture(autouse=True)
 def no_ray(monkeypatch):
     for module in (orchestrator.rollout, orchestrator.step):
@@ -161,7 +176,7 @@ def response_slice(b):
 
 def test_batch_is_in_group_sample_order_whatever_the_finishing_order():
     roles = make_roles()
-    metrics, trajs = train_step(roles, SETTINGS, REQUESTS, version=7)
+    metrics, trajs = run_step(roles, SETTINGS)
     assert roles.generators.streamed == [(REQUESTS, SETTINGS.sampling)]
     assert [(t.group_id, t.info["sample"]) for t in trajs] == rows() == [(0, 0), (0, 1), (1, 0), (1, 1)]
     (batch,) = roles.learner.batches
@@ -171,7 +186,7 @@ def test_batch_is_in_group_sample_order_whatever_the_finishing_order():
         n, p = LENGTHS[(g, s)], len(PROMPTS[g])
         assert batch["input_ids"][b].tolist() == PROMPTS[g] + [100 + 10 * g + s] * n + [1] * (8 - p - n)
     assert metrics["samples_step"] == 4 and metrics["reward/outcome_mean"] == 0.5
-    assert metrics["policy_version_sampled"] == 3  # min over the samples (versions 3 and 4)
+    assert metrics["policy_version_sampled"] == 7 and metrics["async/staleness_max"] == 0.0
     assert metrics["generators/restarts"] == 0 and metrics["generators/reissued_samples"] == 1
     assert metrics["loss"] == 0.25 and metrics["kl/behavior_ref"] == 0.0
 
@@ -200,7 +215,7 @@ def test_grpo_outcome_advantages_by_hand():
     # Each group has outcomes {1, 0}: mean 0.5, unbiased std sqrt((0.5^2 + 0.5^2) / (2 - 1)) = 0.70711,
     # so the right sample gets 0.5 / (0.70711 + 1e-6) = +0.70711 on every response token, the wrong one -0.70711.
     roles = make_roles()
-    train_step(roles, SETTINGS, REQUESTS, version=0)
+    run_step(roles, SETTINGS)
     (batch,) = roles.learner.batches
     adv, expected = batch["advantages"], [0.70711, -0.70711, -0.70711, 0.70711]  # rows (0,0) (0,1) (1,0) (1,1)
     for b, a in enumerate(expected):
@@ -212,7 +227,7 @@ def test_grpo_outcome_advantages_by_hand():
 
 def test_critic_values_sit_at_the_response_positions():
     roles = make_roles(critic=True)
-    metrics, _ = train_step(roles, SETTINGS, REQUESTS, version=0)
+    metrics, _ = run_step(roles, SETTINGS)
     (batch,) = roles.learner.batches
     assert roles.critic.batches == [batch]  # the critic trains on the very batch the learner got
     assert metrics["critic/loss"] == 0.5
@@ -231,13 +246,13 @@ def test_kl_in_reward_lowers_advantages_by_the_kl_return_to_go():
     adv = {}
     for kl_in in ("loss", "reward"):
         roles = make_roles(reference=True)
-        metrics, _ = train_step(roles, replace(s, kl_in=kl_in), REQUESTS, version=0)
+        metrics, _ = run_step(roles, replace(s, kl_in=kl_in))
         assert metrics["kl/behavior_ref"] == pytest.approx(0.5)
         (batch,) = roles.learner.batches
         assert batch["ref_logprobs"][0, response_slice(0)].tolist() == [-1.5] * 3
         adv[kl_in] = batch["advantages"]
     no_ref = make_roles()
-    train_step(no_ref, s, REQUESTS, version=0)
+    run_step(no_ref, s)
     assert torch.equal(adv["loss"], no_ref.learner.batches[0]["advantages"])
     diff = adv["reward"] - adv["loss"]
     for b, key in enumerate(rows()):
@@ -248,7 +263,7 @@ def test_kl_in_reward_lowers_advantages_by_the_kl_return_to_go():
 
 def test_trained_step_publishes_version_plus_one():
     roles = make_roles()
-    metrics, _ = train_step(roles, SETTINGS, REQUESTS, version=7)
+    metrics, _ = run_step(roles, SETTINGS)
     assert metrics["policy_version"] == 8
     (published,) = roles.generators.loaded
     assert (published.version, published.weights_ref, published.hashes) == (8, "weights-ref", {"w": "h"})
@@ -257,7 +272,7 @@ def test_trained_step_publishes_version_plus_one():
 
 def test_collective_sync_starts_the_sender_for_every_generator_plus_one():
     roles = make_roles()
-    metrics, _ = train_step(roles, replace(SETTINGS, sync_method="collective"), REQUESTS, version=7)
+    metrics, _ = run_step(roles, replace(SETTINGS, sync_method="collective"))
     ((version, channel, sent, export),) = roles.generators.loaded
     assert (version, channel, sent) == (8, {"world_size": 3}, ["send-ref", {"world_size": 3}])
     assert export == roles.learner.export_weights  # a replacement generator loads through the object store
@@ -266,9 +281,9 @@ def test_collective_sync_starts_the_sender_for_every_generator_plus_one():
 
 def test_critic_warmup_neither_trains_nor_publishes_the_policy():
     roles = make_roles(critic=True)
-    metrics, trajs = train_step(roles, replace(SETTINGS, train_policy=False), REQUESTS, version=7)
+    metrics, trajs = run_step(roles, replace(SETTINGS, train_policy=False))
     assert roles.learner.batches == [] and roles.generators.loaded == []
-    assert "policy_version" not in metrics and "loss" not in metrics
+    assert metrics["policy_version"] == 7 and "loss" not in metrics
     assert len(roles.critic.batches) == 1 and metrics["critic/loss"] == 0.5  # the critic still trains
     assert len(trajs) == 4
 
@@ -276,10 +291,10 @@ def test_critic_warmup_neither_trains_nor_publishes_the_policy():
 def test_sft_mask_covers_the_responses_with_outcome_above_half():
     outcomes = {(0, 0): 1.0, (0, 1): 0.5, (1, 0): 0.0, (1, 1): 0.75}  # 0.5 is not above 0.5
     roles = make_roles(outcomes=outcomes)
-    train_step(roles, replace(SETTINGS, sft_coef=0.1), REQUESTS, version=0)
+    run_step(roles, replace(SETTINGS, sft_coef=0.1))
     (batch,) = roles.learner.batches
     keep = torch.tensor([1.0, 0.0, 0.0, 1.0])[:, None]
     assert torch.equal(batch["sft_mask"], batch["response_mask"] * keep)
     roles = make_roles(outcomes=outcomes)
-    train_step(roles, SETTINGS, REQUESTS, version=0)  # sft_coef 0: no SFT term
+    run_step(roles, SETTINGS)  # sft_coef 0: no SFT term
     assert "sft_mask" not in roles.learner.batches[0]
