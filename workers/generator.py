@@ -37,10 +37,9 @@ so no KV computed under the old weights is reused.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -49,7 +48,7 @@ from algo.seeding import derive_seed
 from algo.segment import split_steps
 from algo.trajectory import PromptRequest, Trajectory
 from engine.process import prepare_process
-from workers.vllm_setup import checkpoint_shapes, set_vllm_env, token_bytes_table
+from workers.vllm_setup import check_sampling, checkpoint_shapes, set_vllm_env, token_bytes_table
 
 _EXTENSION = "workers.vllm_ext.WeightSyncExtension"
 _FINISH_REASONS = {"stop": "stop", "length": "length"}  # vLLM's finish_reason -> Trajectory's
@@ -160,7 +159,7 @@ class GeneratorWorker:
         Like any generator, nothing runs (not even argument checks) until the first next().
         """
         # Runs at the first next(): an unstarted stream has added nothing, so it cannot mix versions.
-        _check_sampling(requests, n, temperature, top_p, max_tokens)
+        check_sampling(requests, n, temperature, top_p, max_tokens)
         self._open_streams += 1
         try:
             yield from self._run(requests, n, temperature, top_p, max_tokens, stop, seed)
@@ -376,26 +375,6 @@ class GeneratorWorker:
 
     def ping(self) -> str:
         return f"generator r{self.replica} v{self.version}"
-
-
-def _check_sampling(
-    requests: Sequence[PromptRequest], n: int, temperature: float, top_p: float, max_tokens: int
-) -> None:
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
-    if not 0 < top_p <= 1:
-        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    counts = Counter((r.group_id, r.prompt_id) for r in requests)
-    dupes = sorted(k for k, c in counts.items() if c > 1)
-    if dupes:
-        raise ValueError(f"requests repeat (group_id, prompt_id) {dupes}: ask for more samples with n")
-    for r in requests:
-        if r.samples is not None and (len(set(r.samples)) != len(r.samples) or not all(0 <= i < n for i in r.samples)):
-            raise ValueError(f"prompt_id={r.prompt_id!r}: samples {r.samples} must be distinct indices in [0, {n})")
 
 
 def _median_rate(generate_tokens, repeats: int) -> float:

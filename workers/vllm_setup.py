@@ -1,12 +1,17 @@
-"""What a vLLM engine needs around its start: the environment it reads, the checkpoint's tensor names and
-shapes (every weight update is checked against them), and the bytes of every token (step splitting on ids)."""
+"""What a vLLM engine needs around it: the environment it reads, the checkpoint's tensor names and shapes (every
+weight update is checked against them), the bytes of every token (step splitting on ids), and the checks of a
+sampling call's arguments."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from algo.segment import byte_level_token_bytes
+from algo.trajectory import PromptRequest
 
 
 def set_vllm_env(on_cpu: bool) -> None:
@@ -52,3 +57,24 @@ def token_bytes_table(tokenizer, vocab_size: int) -> list[bytes]:
     else:
         table = [b"" if i in specials else tokenizer.decode([i]).encode("utf-8") for i in range(known)]
     return table + [b""] * max(0, vocab_size - known)
+
+
+def check_sampling(
+    requests: Sequence[PromptRequest], n: int, temperature: float, top_p: float, max_tokens: int
+) -> None:
+    """The arguments of a sampling call, checked before anything reaches the engine (errors name the field)."""
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite number >= 0, got {temperature}")
+    if not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    counts = Counter((r.group_id, r.prompt_id) for r in requests)
+    dupes = sorted(k for k, c in counts.items() if c > 1)
+    if dupes:
+        raise ValueError(f"requests repeat (group_id, prompt_id) {dupes}: ask for more samples with n")
+    for r in requests:
+        if r.samples is not None and (len(set(r.samples)) != len(r.samples) or not all(0 <= i < n for i in r.samples)):
+            raise ValueError(f"prompt_id={r.prompt_id!r}: samples {r.samples} must be distinct indices in [0, {n})")
