@@ -27,11 +27,10 @@ from omegaconf import DictConfig
 
 from engine.process import prepare_process
 from orchestrator.data import task_from_config
-from orchestrator.pipeline import Pipeline
 from orchestrator.roles import start_roles
 from orchestrator.rundir import atomic_write_text, jsonable, open_run_dir
 from orchestrator.runtime import init_ray, ray_get
-from orchestrator.step import score_rollout, stage_weights, train_step
+from orchestrator.step import train_step
 from orchestrator.validate import ConfigError
 from workers.vllm_setup import checkpoint_shapes
 
@@ -146,14 +145,9 @@ def standalone_rates(cfg: DictConfig, roles, task) -> dict:
 def bench_steps(cfg: DictConfig, roles, task, max_staleness: int, version: int) -> tuple[list[dict], int]:
     """train.steps real train steps with the train loop's pipeline at `max_staleness`; each step's KEYS and
     token counts, and the policy version after them (the generators hold it)."""
-    from orchestrator.train import settings, step_requests
+    from orchestrator.train import make_pipeline, settings
 
-    pipeline = Pipeline(
-        max_staleness,
-        lambda step: score_rollout(roles, settings(cfg, roles, step), step_requests(cfg, task, step)),
-        lambda v: stage_weights(roles, v, cfg.train.timeout_s, cfg.sync.method),
-        generator_version=version,
-    )
+    pipeline = make_pipeline(cfg, roles, task, max_staleness, version)
     steps = []
     with closing(pipeline):
         for step in range(1, cfg.train.steps + 1):

@@ -100,12 +100,7 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
         TextColumn("{task.fields[info]}"),
         console=console,
     )
-    pipeline = Pipeline(
-        cfg.train.max_staleness,
-        rollout_of=lambda step: score_rollout(roles, settings(cfg, roles, step), step_requests(cfg, task, step)),
-        stage=lambda version: stage_weights(roles, version, timeout, cfg.sync.method),
-        generator_version=state["version"],
-    )
+    pipeline = make_pipeline(cfg, roles, task, cfg.train.max_staleness, state["version"])
     with progress, closing(pipeline):
         bar = progress.add_task("rl", total=cfg.train.steps, completed=state["step"], info="")
         masked_streak = 0
@@ -182,6 +177,16 @@ def check_masked(streak: int, metrics: dict, max_fraction: float, max_steps: int
 def prompts_hash(requests: list[PromptRequest]) -> str:
     """Short digest of a step's prompts: lets anyone check that a resumed run saw the same data."""
     return hashlib.sha1("\n".join(r.text for r in requests).encode()).hexdigest()[:12]
+
+
+def make_pipeline(cfg: DictConfig, roles: Roles, task, max_staleness: int, generator_version: int) -> Pipeline:
+    """The rollouts of the run's steps, generated up to max_staleness versions ahead (orchestrator/pipeline.py)."""
+    return Pipeline(
+        max_staleness,
+        rollout_of=lambda step: score_rollout(roles, settings(cfg, roles, step), step_requests(cfg, task, step)),
+        stage=lambda version: stage_weights(roles, version, cfg.train.timeout_s, cfg.sync.method),
+        generator_version=generator_version,
+    )
 
 
 def step_requests(cfg: DictConfig, task, step: int) -> list[PromptRequest]:
