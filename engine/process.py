@@ -142,3 +142,10 @@ def load_rng(path: str) -> None:
     kind, keys, pos, has_gauss, cached = data["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(torch.tensor(data["torch"], dtype=torch.uint8))
+
+
+def ray_restarted() -> bool:
+    """True in an actor that Ray re-created after its process died."""
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed

@@ -2,8 +2,9 @@
 of the machine) never leaves half a checkpoint: the previous one stays the newest complete one.
 
 A checkpoint holds the learner (DeepSpeed model, optimizer, scheduler, RNG per rank), the critic (the
-same, one rank) when there is one, and the driver state: step, policy version, data position, samples
-consumed, RNG. RNG states are JSON, never pickles: loading a run's files runs no code.
+same, one rank) when there is one, an online PRM (weights and optimizer) when there is one, and the driver
+state: step, policy version, data position, samples consumed, RNG. RNG states are JSON, never pickles:
+loading a run's files runs no code.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import shutil
 
 from engine.process import load_rng, save_rng
 from orchestrator.runtime import ray_get
+from workers.sources import ONLINE_PRM_DIR
 
 PREFIX = "step_"
 
@@ -43,6 +45,9 @@ def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: floa
         ray_get(
             roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint", timeout_s
         )
+    if roles.online_prm is not None:
+        path = os.path.join(tmp, ONLINE_PRM_DIR)
+        ray_get(roles.online_prm.save_online.remote(path), "reward", "save_online", timeout_s)
     save_rng(os.path.join(tmp, "driver_rng.json"))
     with open(os.path.join(tmp, "state.json"), "w") as fh:  # written last: its presence marks completeness
         json.dump(state, fh, indent=1)
@@ -77,6 +82,9 @@ def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
         ray_get(
             roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint", timeout_s
         )
+    if roles.online_prm is not None:
+        prm_dir = os.path.join(path, ONLINE_PRM_DIR)
+        ray_get(roles.online_prm.load_online.remote(prm_dir), "reward", "load_online", timeout_s)
     load_rng(os.path.join(path, "driver_rng.json"))
     with open(os.path.join(path, "state.json")) as fh:
         return json.load(fh)

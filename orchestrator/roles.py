@@ -34,6 +34,7 @@ class Roles:
     reference: Any | None
     placement: Placement
     pad_id: int
+    online_prm: Any | None = None  # the reward actor whose PRM learns online, if any (workers/online_prm.py)
 
     def shutdown(self) -> None:
         self.learner.shutdown()
@@ -89,6 +90,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
             modulus=cfg.task.modulus,
             step_delimiter=r.step_delimiter,
             dtype=cfg.model.dtype,  # of a prm source's model
+            restore_dir=checkpoint_dir,
             log_file=log(f"reward-{i}"),
             **common,
         )
@@ -165,6 +167,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         reference,
         placement,
         tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code),
+        rewards[0] if any(s.online_lr > 0 for s in cfg.reward.sources) else None,
     )
 
 

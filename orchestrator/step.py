@@ -90,8 +90,10 @@ def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: i
 
 
 def score_rollout(roles, s: StepSettings, requests: list[PromptRequest]) -> Rollout:
-    """Generate the batch of `requests` and score each trajectory as it finishes (orchestrator/rollout.py)."""
-    return stream_rollouts(
+    """Generate the batch of `requests` and score each trajectory as it finishes (orchestrator/rollout.py);
+    then an online PRM learns from the scored batch, in batch order, before the next batch is scored (in
+    the rollout's thread, so the order of scoring and learning never depends on timing)."""
+    rollout = stream_rollouts(
         roles.generators,
         roles.rewards,
         requests,
@@ -101,6 +103,12 @@ def score_rollout(roles, s: StepSettings, requests: list[PromptRequest]) -> Roll
         reference=roles.reference,
         timeout_s=s.timeout_s,
     )
+    if roles.online_prm is not None:
+        t0 = time.time()
+        learned = roles.online_prm.learn.remote(rollout.trajectories)
+        rollout.timing.update(ray_get(learned, "reward", "learn", s.timeout_s))
+        rollout.timing["timing/prm_learn_s"] = time.time() - t0
+    return rollout
 
 
 def publish_weights(roles, version: int, timeout_s: float, method: str) -> dict:

@@ -119,19 +119,24 @@ class PRMFormat(torch.nn.Module, ABC):
         out: list[list[float]] = [[] for _ in items]
         # Similar lengths share a chunk (less padding); an item without steps needs no forward.
         todo = sorted((i for i, (_, steps) in enumerate(items) if steps), key=lambda i: len(built[i][0]))
-        device = next(self.model.parameters()).device
         for start in range(0, len(todo), self.batch_size):
             chunk = todo[start : start + self.batch_size]
-            ids = torch.full((len(chunk), max(len(built[i][0]) for i in chunk)), self.pad_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, i in enumerate(chunk):
-                seq = built[i][0]
-                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-                mask[row, : len(seq)] = 1
-            probs = self(input_ids=ids.to(device), attention_mask=mask.to(device)).float().cpu()
+            probs = self.probabilities([built[i][0] for i in chunk]).cpu()
             for row, i in enumerate(chunk):
                 out[i] = [float(p) for p in probs[row, built[i][1]].tolist()]
         return out
+
+    def probabilities(self, seqs: list[list[int]]) -> torch.Tensor:
+        """[B, T] float32 probabilities of the id lists `seqs`, right-padded (right padding leaves every real
+        token's position id unchanged), on the model's device; differentiable outside `score`."""
+        ids = torch.full((len(seqs), max(len(s) for s in seqs)), self.pad_id, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+            mask[row, : len(seq)] = 1
+        device = next(self.model.parameters()).device
+        probs: torch.Tensor = self(input_ids=ids.to(device), attention_mask=mask.to(device))
+        return probs.float()
 
 
 class TokenClassificationPRM(PRMFormat):

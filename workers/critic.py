@@ -41,7 +41,7 @@ from engine.build import (
     model_init_context,
     save_checkpoint,
 )
-from engine.process import prepare_process, role_device, role_dtype
+from engine.process import prepare_process, ray_restarted, role_device, role_dtype
 
 REQUIRED_KEYS = ("input_ids", "attention_mask", "response_mask", "step_index", "returns", "sample_valid")
 METRICS = ("value_loss", "value_clip_frac", "value_mean", "value_error")
@@ -205,10 +205,3 @@ class CriticWorker:
 
     def load_checkpoint(self, ckpt_dir: str) -> dict:
         return load_checkpoint(self.engine, ckpt_dir, "rng.json", "critic")
-
-
-def ray_restarted() -> bool:
-    """True in an actor that Ray re-created after its process died."""
-    import ray
-
-    return ray.is_initialized() and ray.get_runtime_context().was_current_actor_reconstructed

@@ -20,14 +20,16 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from algo.trajectory import Trajectory
 from algo.transforms import apply_reward_transform
-from engine.process import prepare_process, role_device, role_dtype
-from workers.sources import SOURCES
+from engine.process import prepare_process, ray_restarted, role_device, role_dtype
+from workers.online_prm import OnlinePrm
+from workers.sources import ONLINE_PRM_DIR, SOURCES
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -58,9 +60,11 @@ class RewardWorker:
         log_file: str | None = None,
         dtype: str = "float32",
         device: str | None = None,
+        restore_dir: str | None = None,
     ):
         """dtype (model.dtype) and device (None = the GPU Ray gave this actor, else the CPU) are those of a
-        learned source's model (prm); the oracle and outcome sources run no model."""
+        learned source's model (prm); the oracle and outcome sources run no model. restore_dir: the run's
+        checkpoints, from which a Ray-restarted worker reloads its online PRM (workers/online_prm.py)."""
         prepare_process(threads, log_file=log_file)
         from transformers import AutoTokenizer
 
@@ -73,6 +77,7 @@ class RewardWorker:
         self.outcome_sources: list[tuple[str, float, OutcomeSource]] = []
         # step source -> its batched form, for the sources that have one (the prm)
         self.batched_sources: dict[StepSource, BatchStepSource] = {}
+        self.online: OnlinePrm | None = None  # a prm source with online_lr > 0 (at most one)
         for src in sources:
             name, spec = src["name"], SOURCES[src["name"]]
             if spec.task_kinds is not None and task_kind not in spec.task_kinds:
@@ -87,6 +92,12 @@ class RewardWorker:
             raise ValueError("the step sources' weights sum to 0: their weighted mean is undefined")
         # A bad transform name or parameter is a set-up error, not a reason to mask every sample later.
         apply_reward_transform(transform, torch.full((1, 1), 0.5), torch.ones(1, 1), **self.transform_params)
+        if self.online is not None and not sum(w for _, w, _ in self.outcome_sources) > 0:
+            raise ValueError("an online prm source learns from outcomes: reward.sources needs an outcome source")
+        if self.online is not None and restore_dir and ray_restarted():
+            done = sorted(Path(restore_dir).glob(f"step_*/{ONLINE_PRM_DIR}"))
+            if done:  # the updates since that checkpoint are lost, as for the critic
+                self.online.load(str(done[-1]))
 
     # ------------------------------------------------------------------------------------------ api --
     def score(self, traj: Trajectory) -> Trajectory:
@@ -144,6 +155,36 @@ class RewardWorker:
             traj.info["reward_s"] = (done - t0) / len(trajs)
             traj.info["scored_at"] = done
         return trajs
+
+    def learn(self, trajs: list[Trajectory]) -> dict[str, float]:
+        """The online PRM learns from a scored batch (in the batch's order): each step of a valid sample is
+        labelled with the sample's outcome reward, as a weighted mean of the outcome sources (in [0, 1])."""
+        if self.online is None:
+            raise RuntimeError("learn: this reward worker has no online prm source (reward.sources[].online_lr)")
+        total = sum(w for _, w, _ in self.outcome_sources)
+        items, labels = [], []
+        for traj in trajs:
+            if not traj.sample_valid or traj.num_steps == 0:
+                continue
+            if traj.outcome_reward is None:
+                raise ValueError(f"online prm: a sample of group {traj.group_id} has no outcome reward (not scored)")
+            label = traj.outcome_reward / total
+            if not 0.0 <= label <= 1.0:
+                raise ValueError(f"online prm: outcome label {label} of group {traj.group_id} is not in [0, 1]")
+            step_texts = [_decode(self.tokenizer, traj.response_ids[s:e]) for s, e in traj.step_spans]
+            items.append(self._prm_item(traj, step_texts))
+            labels.append([label] * traj.num_steps)
+        return self.online.learn(items, labels)
+
+    def save_online(self, out_dir: str) -> str:
+        if self.online is None:
+            raise RuntimeError("save_online: this reward worker has no online prm source")
+        return self.online.save(out_dir)
+
+    def load_online(self, in_dir: str) -> None:
+        if self.online is None:
+            raise RuntimeError("load_online: this reward worker has no online prm source")
+        self.online.load(in_dir)
 
     def ping(self) -> str:
         return "reward"
@@ -243,18 +284,25 @@ class RewardWorker:
             **options,
         )
 
-        def item(traj: Trajectory, step_texts: list[str]) -> tuple[str, list[str]]:
-            steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
-            return prm_question(traj), steps
+        lr = float(src.get("online_lr") or 0.0)
+        if lr > 0:
+            if self.online is not None:
+                raise ValueError("reward.sources: at most one prm source may learn online (online_lr > 0)")
+            self.online = OnlinePrm(scorer, lr=lr, batch_size=int(src.get("online_batch_size") or 32))
 
         def prm(traj, step_texts):
-            return scorer.score([item(traj, step_texts)])[0]
+            return scorer.score([self._prm_item(traj, step_texts)])[0]
 
         def prm_batch(trajs, texts):
-            return scorer.score([item(t, s) for t, s in zip(trajs, texts, strict=True)])
+            return scorer.score([self._prm_item(t, s) for t, s in zip(trajs, texts, strict=True)])
 
         self.batched_sources[prm] = prm_batch
         return prm
+
+    def _prm_item(self, traj: Trajectory, step_texts: list[str]) -> tuple[str, list[str]]:
+        """What a PRM scores: the raw question and the step texts without their delimiter."""
+        steps = [t[: -len(self.delimiter)] if t.endswith(self.delimiter) else t for t in step_texts]
+        return prm_question(traj), steps
 
 
 def prm_question(traj: Trajectory) -> str:

@@ -25,3 +25,6 @@ SOURCES: dict[str, Source] = {
 # The input layouts a prm source can read (`reward.sources[].format`), implemented by tasks/prm_formats.py
 # (PRM_FORMATS there has exactly these keys): ours, Math-Shepherd's step tag, Qwen2.5-Math-PRM's separator.
 PRM_FORMATS = ("token_classification", "step_tag", "separator_head")
+
+# Where a checkpoint holds the state of a prm source that learns online (workers/online_prm.py).
+ONLINE_PRM_DIR = "prm_online"

@@ -9,6 +9,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from orchestrator.cli import main
 from orchestrator.config import SEARCH_METHODS
@@ -99,3 +100,29 @@ def test_search_with_the_trained_prm(prm_run, tmp_path):
             want |= {f"search/{method}@{n}", f"search/{method}@{n}/tokens"}
     assert keys == want  # greedy at N = 1 only, every other method at 1 and 2, nothing else
     assert "search/greedy@2" not in s
+
+
+def test_rl_with_an_online_prm_learns_it_and_checkpoints_it(prm_run, tmp_path):
+    """steprl train with the PRM just trained as the step reward, learning online from outcomes (2 steps, a
+    checkpoint after step 2): every step reports the PRM's loss, and the checkpoint holds the adapted PRM,
+    loadable as a reward source and no longer the PRM the run started from."""
+    from tasks.prm_formats import PRM_FORMATS
+    from tests.e2e.runs import SMALL, rows
+
+    run_dir, prm_dir = str(tmp_path / "rl"), os.path.join(prm_run, "prm")
+    online = f"{{name: prm, path: {prm_dir}, online_lr: 1.0e-3, online_batch_size: 8}}"
+    sources = f"reward.sources=[{online}, {{name: outcome}}]"
+    args = [f"run_dir={run_dir}", sources, "train.steps=2", "train.checkpoint_every=2", "learner.num_ranks=1", *SMALL]
+    assert main(["train", CONFIG, *args]) == 0
+    steps = [r for r in rows(run_dir) if "prm_online/loss" in r]
+    assert [r["step"] for r in steps] == [1, 2]
+    # up to 16 samples a step (a sample without steps teaches nothing), 8 per update
+    n = [int(r["prm_online/samples"]) for r in steps]
+    assert all(0 < k <= 16 for k in n) and all(math.isfinite(r["prm_online/loss"]) for r in steps)
+    assert [r["prm_online/updates"] for r in steps] == [math.ceil(n[0] / 8), math.ceil(n[0] / 8) + math.ceil(n[1] / 8)]
+    adapted = os.path.join(run_dir, "checkpoints", "step_000002", "prm_online")
+    assert os.path.isfile(os.path.join(adapted, "optimizer.pt"))
+    load = PRM_FORMATS["token_classification"].load
+    before, after = (load(d, dtype=torch.float32, device="cpu", trust_remote_code=False) for d in (prm_dir, adapted))
+    item = [("3+4-2=\n", ["3+4=7 -2", "7-2=5", "A5"])]
+    assert before.score(item) != after.score(item)

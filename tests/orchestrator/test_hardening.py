@@ -40,7 +40,7 @@ class FakeLearner:
 
 class FakeRoles:
     def __init__(self):
-        self.learner, self.critic = FakeLearner(), None
+        self.learner, self.critic, self.online_prm = FakeLearner(), None, None
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path):

@@ -122,7 +122,7 @@ def critic_values(traj):  # 10 * group + sample + 0.1 * token position: every va
     return [10.0 * traj.group_id + traj.info["sample"] + 0.1 * i for i in range(len(traj.response_ids))]
 
 
-def make_roles(critic=False, reference=False, outcomes=OUTCOMES):
+def make_roles(critic=False, reference=False, outcomes=OUTCOMES, online_prm=None):
     critic_batches = []
     return SimpleNamespace(
         generators=FakePool(),
@@ -140,6 +140,7 @@ def make_roles(critic=False, reference=False, outcomes=OUTCOMES):
         if reference
         else None,
         pad_id=1,
+        online_prm=online_prm,
     )
 
 
@@ -209,6 +210,17 @@ def test_reward_replicas_take_batches_in_turn():
     assert calls == {0: [FINISH_ORDER[:3]], 1: [FINISH_ORDER[3:]]}
     assert [(t.group_id, t.info["sample"]) for t in rollout.trajectories] == rows()
     assert [t.outcome_reward for t in rollout.trajectories] == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_online_prm_learns_each_scored_batch_in_batch_order():
+    learned = []
+    online = SimpleNamespace(learn=remote(lambda trajs: learned.append(trajs) or {"prm_online/loss": 0.7}))
+    roles = make_roles(online_prm=online)
+    metrics, trajs = run_step(roles, SETTINGS)
+    (batch,) = learned  # once per batch, after scoring: outcomes are set, (group, sample) order, not finish order
+    assert [(t.group_id, t.info["sample"]) for t in batch] == rows()
+    assert [t.outcome_reward for t in batch] == [1.0, 0.0, 0.0, 1.0]
+    assert metrics["prm_online/loss"] == 0.7 and "timing/prm_learn_s" in metrics
 
 
 def test_grpo_outcome_advantages_by_hand():
