@@ -44,6 +44,19 @@ def f(default: Any, doc: str, **kw):
 
 
 @dataclass
+class CurriculumConfig:
+    levels: list[int] = f(
+        [],
+        "arithmetic: max_steps of each curriculum level in order, e.g. [3, 5, 7]; training draws chains of at most "
+        "the current level's operations instead of task.max_steps (evaluation on eval.split keeps task.max_steps, "
+        "the final difficulty); empty = no curriculum",
+    )
+    threshold: float = f(0.6, "greedy pass rate on the validation split at the current level that moves to the next")
+    every: int = f(10, "check the pass rate every N train steps (until the last level)")
+    num_problems: int = f(100, "validation-split problems per check, drawn at the current level (the same at each)")
+
+
+@dataclass
 class TaskConfig:
     kind: str = f(
         "arithmetic", "task kind (tasks.TASKS): 'arithmetic' (generated chains) or 'jsonl' (prompt/answer rows)"
@@ -60,6 +73,9 @@ class TaskConfig:
         "none",
         f"template around each JSONL prompt: {_names(CHAT_TEMPLATES)} ('model': the policy tokenizer's chat "
         "template, one user message + generation prompt; use it for Instruct / chat models)",
+    )
+    curriculum: CurriculumConfig = f(
+        CurriculumConfig, "pass-rate curriculum over chain length, decided on the validation split (arithmetic)"
     )
 
 
@@ -101,6 +117,16 @@ class RolloutConfig:
     kv_cache_gb: float = f(1.0, "vLLM CPU KV-cache size in GiB (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = f(0.5, "vLLM GPU memory fraction (GPU only)")
     enforce_eager: bool = f(True, "disable CUDA graphs / compilation in vLLM")
+    dynamic_sampling: bool = f(
+        False,
+        "DAPO dynamic sampling (2503.14476): drop groups whose samples all got the same reward (no signal for a "
+        "group estimator) and draw fresh prompts until the batch holds prompts_per_step informative groups",
+    )
+    dynamic_max_rounds: int = f(
+        3,
+        "dynamic_sampling: most extra rounds of fresh prompts per step; a batch still short after them is "
+        "filled with dropped groups",
+    )
 
 
 @dataclass
@@ -114,6 +140,12 @@ class RewardSourceConfig:
         "(Math-Shepherd: a causal LM's '+'/'-' logits at a 'ки' tag) | separator_head (Qwen2.5-Math-PRM: "
         "a 2-class head at '<extra_0>') (prm only)",
     )
+    online_lr: float = f(
+        0.0,
+        "prm only: > 0 keeps training the PRM during RL on every scored batch, each step labelled with its "
+        "sample's outcome (PRIME 2502.01456), at this AdamW learning rate; 0 keeps it frozen",
+    )
+    online_batch_size: int = f(32, "prm only: samples per online PRM update (reward.sources[].online_lr)")
 
 
 @dataclass

@@ -16,14 +16,19 @@ EVAL_SPLITS = {"test": "eval", "validation": "validation"}
 EVAL_SET_SEED = 12345
 
 
-def task_from_config(cfg: DictConfig):
-    """The config's task (tasks.TASKS registry), built from plain values."""
+def task_from_config(cfg: DictConfig, max_steps: int | None = None):
+    """The config's task (tasks.TASKS registry), built from plain values. max_steps overrides task.max_steps
+    (a curriculum level, orchestrator/curriculum.py)."""
     from orchestrator.validate import plain_dict
     from tasks import TaskSettings, make_task
 
+    values = plain_dict(cfg.task)
+    values.pop("curriculum", None)  # the loop's schedule of max_steps, not a setting of one task
+    if max_steps is not None:
+        values["max_steps"] = max_steps
     return make_task(
         TaskSettings(
-            **plain_dict(cfg.task),
+            **values,
             seed=cfg.seed,
             tokenizer_dir=cfg.model.policy,
             max_model_len=cfg.rollout.max_model_len,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Callable
 from contextlib import closing
 from typing import Any
 
@@ -27,10 +28,13 @@ from algo.trajectory import PromptRequest
 from engine.process import prepare_process
 from orchestrator.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from orchestrator.config import ModelConfig
+from orchestrator.curriculum import curriculum_from_config
 from orchestrator.data import eval_problems, prompt_requests, step_problems, task_from_config
+from orchestrator.dynamic import fill_batch
 from orchestrator.metrics import MetricsLog, plot_curves, sample_records
 from orchestrator.pipeline import Pipeline
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
+from orchestrator.rollout import Rollout
 from orchestrator.rundir import logs_dir, open_run_dir, write_summary
 from orchestrator.runtime import RoleError, init_ray
 from orchestrator.step import StepSettings, publish_weights, score_rollout, stage_weights, train_step
@@ -84,6 +88,8 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
         # generators restart from the learner's weights
         publish_weights(roles, state["version"], timeout, cfg.sync.method)
         console.print(f"resumed from {ckpt} at step {state['step']}, version {state['version']}")
+    curriculum = curriculum_from_config(cfg, task)  # task.curriculum; off: every step draws from `task`
+    curriculum.load(state)
     resume_step = state["step"] if ckpt else None
     log = MetricsLog(run_dir, resume_from_step=resume_step)
     samples_log = MetricsLog(run_dir, resume_from_step=resume_step, name="samples.jsonl", tensorboard=False)
@@ -100,7 +106,7 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
         TextColumn("{task.fields[info]}"),
         console=console,
     )
-    pipeline = make_pipeline(cfg, roles, task, cfg.train.max_staleness, state["version"])
+    pipeline = make_pipeline(cfg, roles, task, cfg.train.max_staleness, state["version"], task_of=curriculum.task)
     with progress, closing(pipeline):
         bar = progress.add_task("rl", total=cfg.train.steps, completed=state["step"], info="")
         masked_streak = 0
@@ -110,12 +116,14 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
             checkpoint_now = step == cfg.train.steps or (
                 cfg.train.checkpoint_every and step % cfg.train.checkpoint_every == 0
             )
-            s = settings(cfg, roles, step, prefetch=not (evaluate_now or checkpoint_now))
+            check_now = curriculum.due(step)  # a barrier too: the next batch is drawn at the level it decides
+            s = settings(cfg, roles, step, prefetch=not (evaluate_now or checkpoint_now or check_now))
             metrics, trajectories = train_step(roles, s, pipeline, step, state["version"])
             state.update(
                 step=step,
                 version=metrics["policy_version"],
-                samples=state["samples"] + metrics["samples_step"],
+                # every sample generated counts, also those dynamic sampling dropped (samples_to_target)
+                samples=state["samples"] + metrics.get("dynamic/samples_generated", metrics["samples_step"]),
                 data_position=step,
             )
             row = {
@@ -123,13 +131,18 @@ def _loop(cfg: DictConfig, roles: Roles, task, run_dir: str) -> dict:
                 "policy_version": state["version"],
                 "samples": state["samples"],
                 "data/position": step - 1,
-                "data/prompts_hash": prompts_hash(step_requests(cfg, task, step)),
+                "data/prompts_hash": prompts_hash(step_requests(cfg, curriculum.task(), step)),
+                **curriculum.metrics(),  # the level this step's prompts were drawn at
                 **metrics,
             }
-            if evaluate_now:
+            if evaluate_now or check_now:
                 caught_up = pipeline.catch_up(state["version"])  # evaluate the newest weights
                 row.update(caught_up, **{"timing/sync_s": row["timing/sync_s"] + caught_up.get("timing/sync_s", 0.0)})
+            if evaluate_now:
                 row.update(evaluate(cfg, roles, problems, task.prompt_text))
+            if check_now:  # greedy accuracy only (k=0): the decision needs no pass@k
+                row.update(curriculum.check(lambda val: evaluate(cfg, roles, val, task.prompt_text, k=0)))
+            state.update(curriculum.state())  # a checkpoint resumes at the level just decided
             log.log(row)
             samples_log.log(*sample_records(step, trajectories))
             masked_streak = check_masked(
@@ -179,13 +192,45 @@ def prompts_hash(requests: list[PromptRequest]) -> str:
     return hashlib.sha1("\n".join(r.text for r in requests).encode()).hexdigest()[:12]
 
 
-def make_pipeline(cfg: DictConfig, roles: Roles, task, max_staleness: int, generator_version: int) -> Pipeline:
-    """The rollouts of the run's steps, generated up to max_staleness versions ahead (orchestrator/pipeline.py)."""
+def make_pipeline(
+    cfg: DictConfig,
+    roles: Roles,
+    task,
+    max_staleness: int,
+    generator_version: int,
+    task_of: Callable[[], Any] | None = None,
+) -> Pipeline:
+    """The rollouts of the run's steps, generated up to max_staleness versions ahead (orchestrator/pipeline.py).
+    task_of() (default: `task`) gives the task a step's prompts are drawn from, read when the step is generated:
+    a curriculum's current level (orchestrator/curriculum.py)."""
+    task_now = task_of or (lambda: task)
     return Pipeline(
         max_staleness,
-        rollout_of=lambda step: score_rollout(roles, settings(cfg, roles, step), step_requests(cfg, task, step)),
+        rollout_of=lambda step: step_rollout(cfg, roles, task_now(), step),
         stage=lambda version: stage_weights(roles, version, cfg.train.timeout_s, cfg.sync.method),
         generator_version=generator_version,
+    )
+
+
+def step_rollout(cfg: DictConfig, roles: Roles, task, step: int) -> Rollout:
+    """The scored batch of train step `step`. With rollout.dynamic_sampling, groups without signal are replaced
+    by fresh prompts, drawn from seeds derived from (seed, step, round) so a resumed run draws them again
+    (orchestrator/dynamic.py)."""
+    s = settings(cfg, roles, step)
+    requests = step_requests(cfg, task, step)
+    if not cfg.rollout.dynamic_sampling:
+        return score_rollout(roles, s, requests)
+
+    def extra_requests(round_: int, n: int) -> list[PromptRequest]:
+        return prompt_requests(task, task.sample(n, "train", seed=derive_seed(cfg.seed, "dynamic", step, round_)))
+
+    return fill_batch(
+        lambda reqs: score_rollout(roles, s, reqs),
+        requests,
+        extra_requests,
+        want_groups=cfg.rollout.prompts_per_step,
+        max_rounds=cfg.rollout.dynamic_max_rounds,
+        use_steps=registry.ESTIMATORS[cfg.algo.estimator].needs_step_rewards,
     )
 
 
@@ -220,9 +265,10 @@ def settings(cfg: DictConfig, roles: Roles, step: int, prefetch: bool = False) -
     )
 
 
-def evaluate(cfg: DictConfig, roles: Roles, problems, prompt_fn=None) -> dict:
+def evaluate(cfg: DictConfig, roles: Roles, problems, prompt_fn=None, k: int | None = None) -> dict:
     """Held-out evaluation with the generators' current weights (greedy accuracy, pass@k, step accuracy).
-    prompt_fn (the task's prompt_text) makes eval prompts match training prompts, chat template included."""
+    prompt_fn (the task's prompt_text) makes eval prompts match training prompts, chat template included.
+    k: samples for pass@k (default eval.k; 0 = greedy only)."""
     from orchestrator.evaluate import evaluate_policy
 
     def generate_fn(prompts: list[str], n: int, temperature: float) -> list[list[str]]:
@@ -242,7 +288,7 @@ def evaluate(cfg: DictConfig, roles: Roles, problems, prompt_fn=None) -> dict:
     out = evaluate_policy(
         None,
         problems,
-        k=cfg.eval.k,
+        k=cfg.eval.k if k is None else k,
         temperature=cfg.eval.temperature,
         max_new_tokens=cfg.rollout.max_new_tokens,
         seed=cfg.seed,

@@ -146,6 +146,14 @@ def validate(cfg: DictConfig) -> None:
                 f"reward.sources[{i}].name: the {src.name} source needs task.kind in "
                 f"{', '.join(spec.task_kinds)} (got {cfg.task.kind!r}); use a prm source for other tasks"
             )
+        if not src.online_lr >= 0 or src.online_batch_size < 1:
+            raise ConfigError(
+                f"reward.sources[{i}].online_lr / online_batch_size: bad values {src.online_lr!r} / "
+                f"{src.online_batch_size!r}; allowed: a learning rate >= 0 and a batch size >= 1"
+            )
+        if src.online_lr > 0 and src.name != "prm":
+            raise ConfigError(f"reward.sources[{i}].online_lr: only a prm source learns online, not {src.name}")
+    _check_online_prm(cfg)
     step_weights = [s.weight for s in cfg.reward.sources if SOURCES[s.name].gives == "step"]
     if step_weights and sum(step_weights) <= 0:
         raise ConfigError("reward.sources: the weights of the step sources sum to 0 (their mean is undefined)")
@@ -158,6 +166,46 @@ def validate(cfg: DictConfig) -> None:
                 f"{', '.join(takes) or 'no parameters'}"
             )
     _cross_field(cfg)
+    _check_curriculum(cfg)
+
+
+def _check_curriculum(cfg: DictConfig) -> None:
+    """task.curriculum: levels of chain length, decided on the validation split (never the test split)."""
+    t = cfg.task
+    levels = list(t.curriculum.levels)
+    if not levels:
+        return
+    if t.kind != "arithmetic":
+        raise ConfigError(
+            f"task.curriculum.levels: a curriculum over chain length needs task.kind=arithmetic (got {t.kind})"
+        )
+    if levels[0] < t.min_steps:
+        raise ConfigError(
+            f"task.curriculum.levels: every level must be >= task.min_steps ({t.min_steps}); got {levels}"
+        )
+    if cfg.eval.validation_percent <= 0:
+        raise ConfigError(
+            "task.curriculum.levels: the curriculum decides on the validation split, which "
+            "eval.validation_percent makes; set eval.validation_percent > 0"
+        )
+
+
+def _check_online_prm(cfg: DictConfig) -> None:
+    """An online PRM is one model that learns from outcomes: one such source, one reward actor, an outcome."""
+    online = [i for i, s in enumerate(cfg.reward.sources) if s.online_lr > 0]
+    if not online:
+        return
+    if len(online) > 1:
+        raise ConfigError(f"reward.sources[{online[1]}].online_lr: at most one prm source may learn online")
+    if cfg.reward.replicas != 1:
+        raise ConfigError(
+            f"reward.replicas: an online PRM (reward.sources[{online[0]}].online_lr > 0) is one model in one reward "
+            f"actor; got {cfg.reward.replicas} replicas"
+        )
+    if not any(SOURCES[s.name].gives == "outcome" for s in cfg.reward.sources):
+        raise ConfigError(
+            f"reward.sources[{online[0]}].online_lr: an online PRM learns from outcomes; add {{name: outcome}}"
+        )
 
 
 def validate_files(cfg: DictConfig, check_reward_models: bool = True) -> None:
@@ -241,6 +289,12 @@ def _cross_field(cfg: DictConfig) -> None:
         raise ConfigError(
             f"algo.estimator={a.estimator} compares samples of a prompt: it needs "
             f"rollout.group_size >= 2 (got {r.group_size})"
+        )
+    if r.dynamic_sampling and not estimator.needs_groups:
+        groups = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.needs_groups)
+        raise ConfigError(
+            f"rollout.dynamic_sampling=true drops groups whose samples agree, which only group estimators "
+            f"need; algo.estimator={a.estimator} compares no groups (group estimators: {groups})"
         )
     if r.max_new_tokens >= r.max_model_len:
         raise ConfigError(

@@ -141,3 +141,54 @@ def test_async_generation_one_version_behind_and_reproducible(ray_local, tmp_pat
     run_train(config(second, *args))
     assert without_timing(rows(first)) == without_timing(rows(second))
     assert rows(first, "samples.jsonl") == rows(second, "samples.jsonl")
+
+
+def test_dynamic_sampling_replaces_groups_without_signal(ray_local, tmp_path):
+    """rollout.dynamic_sampling: groups whose samples all got the same outcome (grpo_outcome) are replaced by
+    fresh prompts; the learner still gets prompts_per_step x group_size samples, and the run's sample count
+    includes every sample generated, kept or not."""
+    from orchestrator.train import run_train
+
+    run_dir = str(tmp_path / "dynamic")
+    over = ["algo.estimator=grpo_outcome", "reward.sources=[{name: outcome}]", "learner.num_ranks=1"]
+    run_train(config(run_dir, "train.steps=2", "rollout.dynamic_sampling=true", "eval.num_problems=4", *over))
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    samples = rows(run_dir, "samples.jsonl")
+    generated = 0
+    for r in steps:
+        kept = [s for s in samples if s["step"] == r["step"]]
+        assert r["samples_step"] == len(kept) == 16  # 4 prompts x 4 samples, whatever was dropped
+        assert r["dynamic/samples_generated"] == 16 + 4 * (r["dynamic/dropped_groups"] - r["dynamic/filled_groups"])
+        # every kept group is informative unless it filled the batch: its outcomes differ
+        by_group: dict[int, set] = {}
+        for s in kept:
+            by_group.setdefault(s["group_id"], set()).add(s["outcome_reward"])
+        assert sum(len(o) == 1 for o in by_group.values()) == r["dynamic/filled_groups"]
+        generated += r["dynamic/samples_generated"]
+        assert r["samples"] == generated
+
+
+def test_curriculum_moves_up_on_the_validation_pass_rate(ray_local, tmp_path):
+    """task.curriculum: after step 1 the greedy pass rate on validation problems of the first level (chains of
+    2 operations) is measured; at or above the threshold, step 2 draws longer chains. The checkpoint of step 2
+    holds the level a resumed run continues at."""
+    import json
+
+    from orchestrator.data import task_from_config
+    from orchestrator.train import run_train, step_requests
+    from tasks.arithmetic import problem_from_prompt
+
+    run_dir = str(tmp_path / "curriculum")
+    levels = ["task.curriculum.levels=[2,4]", "task.curriculum.every=1", "task.curriculum.threshold=0.01"]
+    split = ["eval.validation_percent=10", "task.curriculum.num_problems=8", "eval.num_problems=4"]
+    cfg = config(run_dir, "train.steps=2", "learner.num_ranks=1", *levels, *split)
+    run_train(cfg)
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    assert [r["curriculum/max_steps"] for r in steps] == [2, 4]
+    assert 0.01 <= steps[0]["curriculum/pass_rate"] <= 1.0 and "curriculum/pass_rate" not in steps[1]  # last level
+    # step 2 trained on the prompts the second level draws, chains of up to 4 operations
+    wanted = step_requests(cfg, task_from_config(cfg, max_steps=4), 2)
+    assert {s["prompt_id"] for s in rows(run_dir, "samples.jsonl") if s["step"] == 2} == {r.prompt_id for r in wanted}
+    assert max(problem_from_prompt(r.question or r.text).num_ops for r in wanted) > 2
+    with open(os.path.join(checkpoint_root(run_dir), "step_000002", "state.json")) as fh:
+        assert json.load(fh)["curriculum_level"] == 1

@@ -125,6 +125,17 @@ def test_every_registry_name_is_a_valid_choice(key, names):
             "reward.sources[0].name: bad value 'judge'; allowed: one of oracle, outcome, prm",
         ),
         ("reward.sources=[{name: prm}]", "reward.sources[0].path: the prm source needs a model directory"),
+        ("reward.sources=[{name: oracle, online_lr: 0.1}]", "reward.sources[0].online_lr: only a prm source learns"),
+        ("reward.sources=[{name: prm, path: p, online_lr: -1}]", "reward.sources[0].online_lr / online_batch_size"),
+        (
+            "reward.sources=[{name: prm, path: p, online_lr: 0.1}]",
+            "reward.sources[0].online_lr: an online PRM learns from outcomes; add {name: outcome}",
+        ),
+        (
+            "reward.sources=[{name: prm, path: p, online_lr: 0.1}, {name: prm, path: q, online_lr: 0.1}, "
+            "{name: outcome}]",
+            "reward.sources[1].online_lr: at most one prm source may learn online",
+        ),
         ("label.kinds=[mc_sof]", "label.kinds: bad value ['mc_sof']; allowed: a non-empty list of oracle, mc_hard"),
         ("label.kinds=[oracle,value]", "label.kinds: bad value ['oracle', 'value']"),
         ("label.kinds=[]", "label.kinds: bad value []"),
@@ -288,3 +299,50 @@ def test_cli_help_and_fast_failure_import_no_torch(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "config error: learner.zero_stage: bad value 7" in out.stderr
+
+
+def test_online_prm_runs_in_one_reward_actor():
+    online = "reward.sources=[{name: prm, path: p, online_lr: 0.1}, {name: outcome}]"
+    with pytest.raises(ConfigError, match="reward.replicas: an online PRM .* is one model in one reward actor; got 2"):
+        load_config(DEMO, [online, "reward.replicas=2"], check_files=False)
+    assert load_config(DEMO, [online], check_files=False).reward.sources[0].online_batch_size == 32
+
+
+def test_dynamic_sampling_needs_a_group_estimator():
+    cfg = load_config(DEMO, ["rollout.dynamic_sampling=true", "algo.estimator=grpo_outcome"])
+    assert cfg.rollout.dynamic_sampling and cfg.rollout.dynamic_max_rounds == 3
+    assert load_config(DEMO, ["rollout.dynamic_max_rounds=0"]).rollout.dynamic_max_rounds == 0
+    with pytest.raises(ConfigError) as err:
+        load_config(DEMO, ["rollout.dynamic_max_rounds=-1"])
+    assert str(err.value).startswith("rollout.dynamic_max_rounds: bad value -1; allowed: an integer >= 0")
+    for name, spec in registry.ESTIMATORS.items():  # every estimator without groups, whatever its name
+        if not spec.needs_groups:
+            with pytest.raises(ConfigError) as err:
+                load_config(DEMO, ["rollout.dynamic_sampling=true", f"algo.estimator={name}"])
+            assert "rollout.dynamic_sampling" in str(err.value) and f"algo.estimator={name}" in str(err.value)
+
+
+def test_curriculum_rules_name_the_field():
+    on = ["task.curriculum.levels=[3,5]", "eval.validation_percent=10"]
+    cfg = load_config(DEMO, [*on, "task.curriculum.threshold=1.0", "task.curriculum.every=1"])
+    assert list(cfg.task.curriculum.levels) == [3, 5] and cfg.task.curriculum.num_problems == 100
+    assert list(load_config(DEMO).task.curriculum.levels) == []  # off by default
+    for override, expected in [
+        ("task.curriculum.levels=[5,3]", "task.curriculum.levels: bad value [5, 3]; allowed: a strictly increasing"),
+        ("task.curriculum.levels=[3,3]", "task.curriculum.levels: bad value [3, 3]"),
+        ("task.curriculum.threshold=0", "task.curriculum.threshold: bad value 0.0; allowed: a number in (0, 1]"),
+        ("task.curriculum.threshold=1.5", "task.curriculum.threshold: bad value 1.5"),
+        ("task.curriculum.every=0", "task.curriculum.every: bad value 0; allowed: an integer >= 1"),
+        ("task.curriculum.num_problems=0", "task.curriculum.num_problems: bad value 0"),
+        ("task.curriculum.levels=[1,5]", "task.curriculum.levels: every level must be >= task.min_steps (2)"),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(DEMO, [*on, override])
+        assert str(err.value).startswith(expected), override
+    with pytest.raises(ConfigError) as err:  # no validation split to decide on (the test split is never used)
+        load_config(DEMO, ["task.curriculum.levels=[3,5]"])
+    assert str(err.value).startswith("task.curriculum.levels") and "eval.validation_percent" in str(err.value)
+    jsonl = ["task.kind=jsonl", "task.train_path=a.jsonl", "task.eval_path=b.jsonl", "eval.validation_path=v.jsonl"]
+    jsonl.append("reward.sources=[{name: prm, path: p}]")
+    with pytest.raises(ConfigError, match=r"task.curriculum.levels: .* needs task.kind=arithmetic \(got jsonl\)"):
+        load_config(DEMO, [*jsonl, "task.curriculum.levels=[3,5]"], check_files=False)
