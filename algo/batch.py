@@ -14,13 +14,14 @@ outcome_reward None -> 0.0.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from algo import normalize, registry
-from algo.advantages import AdvantageInputs, compute_advantages
+from algo.advantages import AdvantageInputs, compute_advantages, critic_advantages
 from algo.kl import kl_estimate, kl_in_reward
 from algo.losses import token_logprobs
 from algo.trajectory import Trajectory
@@ -113,6 +114,12 @@ def add_response_values(batch: dict[str, Tensor], key: str, per_traj: list[list[
     batch[key] = out
 
 
+def critic_key(key: str, reward: str) -> str:
+    """The batch key of one critic's tensor with one critic per reward (algo.critics): "old_values/process",
+    "returns/outcome", ...; the single critic of the combined reward uses "old_values" and "returns"."""
+    return f"{key}/{reward}"
+
+
 def correct_response_mask(batch: dict[str, Tensor]) -> Tensor:
     """The response tokens of samples whose outcome reward is above 0.5 (the SFT term imitates those)."""
     return batch["response_mask"] * batch["outcome"].gt(0.5).float()[:, None]
@@ -127,12 +134,17 @@ def batch_advantages(
     kl_coef: float,
     kl_estimator: str,
     kl_in: str,
-) -> tuple[Tensor, Tensor, float]:
+    critic_weights: Mapping[str, float] | None = None,
+) -> tuple[Tensor, dict[str, Tensor], float]:
     """The estimator `estimator` (algo.registry.ESTIMATORS) with its config `params` on a collated batch.
 
     With reference log-probs in the batch, the KL of the behaviour policy to the reference is estimated;
-    with kl_in == "reward" it enters the reward as -kl_coef * KL per token. Returns advantages, returns
-    (zeros for estimators without a critic) and the mean KL per response token (0 without a reference).
+    with kl_in == "reward" it enters the reward as -kl_coef * KL per token. Returns advantages, the critics'
+    targets by batch key and the mean KL per response token (0 without a reference). The targets: without
+    critic_weights, {"returns": ...} (zeros for estimators without a critic) for one critic on the combined
+    reward, its values batch["old_values"]; with critic_weights (reward -> weight, algo.critics), one critic
+    per reward, its values batch[critic_key("old_values", reward)], its targets under critic_key("returns",
+    reward), and the advantages are the weighted sum of the critics' (algo.advantages.critic_advantages).
     """
     if kl_in not in registry.KL_PLACEMENTS:
         raise registry.unknown("KL placement", kl_in, registry.KL_PLACEMENTS)
@@ -151,8 +163,14 @@ def batch_advantages(
         sample_valid=batch["sample_valid"],
         token_rewards=kl_in_reward(kl, kl_coef) if (kl is not None and kl_in == "reward") else None,
     )
-    adv, ret = compute_advantages(estimator, inputs, **params)
+    if critic_weights:
+        values = {reward: batch[critic_key("old_values", reward)] for reward in critic_weights}
+        adv, returns = critic_advantages(estimator, inputs, critic_weights, values, **params)
+        targets = {critic_key("returns", reward): ret for reward, ret in returns.items()}
+    else:
+        adv, ret = compute_advantages(estimator, inputs, **params)
+        targets = {"returns": ret if ret is not None else torch.zeros_like(adv)}
     if whiten:
         adv = normalize.whiten(adv, valid_token_mask(batch))
     kl_mean = float(kl.sum() / mask.sum().clamp(min=1)) if kl is not None else 0.0
-    return adv, (ret if ret is not None else torch.zeros_like(adv)), kl_mean
+    return adv, targets, kl_mean

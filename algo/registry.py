@@ -8,7 +8,8 @@ name listed here without an implementation fails at import, and no module keeps 
   takes as keyword arguments. Their defaults live in one layer, the config schema.
 - TRANSFORMS (algo/transforms.py): reward transforms with their parameters and defaults
   (`reward.transform_params` may override them).
-- KL_ESTIMATORS (algo/kl.py), LOSS_AGGREGATIONS (algo/losses.py), OFF_POLICY (algo/offpolicy.py): plain names.
+- KL_ESTIMATORS (algo/kl.py), LOSS_AGGREGATIONS (algo/losses.py), OFF_POLICY (algo/offpolicy.py),
+  CRITIC_REWARDS (algo/advantages.py): plain names.
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ TRANSFORMS: dict[str, Transform] = {
     "delta": Transform({"keep_last": True}),
     "min_form": Transform(),
 }
+
+# The rewards one critic of `algo.critics` can predict (algo/advantages.py, critic_advantages): "process" the step
+# rewards, "outcome" the outcome reward; each with the kind of reward source that gives it (workers.sources
+# Source.gives). Without algo.critics one critic predicts their combined reward.
+CRITIC_REWARDS: dict[str, str] = {"process": "step", "outcome": "outcome"}
 
 KL_ESTIMATORS: tuple[str, ...] = ("k1", "k2", "k3")
 KL_PLACEMENTS: tuple[str, ...] = ("loss", "reward")  # where KL(policy || reference) goes (algo/batch.py)

@@ -2,8 +2,9 @@
 of the machine) never leaves half a checkpoint: the previous one stays the newest complete one.
 
 A checkpoint holds the learner (DeepSpeed model, optimizer, scheduler, RNG per rank), the critic (the
-same, one rank) when there is one, an online PRM (weights and optimizer) when there is one, and the driver
-state: step, policy version, data position, samples consumed, RNG. RNG states are JSON, never pickles:
+same, one rank) when there is one (with algo.critics each critic in its own directory, critic-<reward>), an
+online PRM (weights and optimizer) when there is one, and the driver state: step, policy version, data
+position, samples consumed, RNG. RNG states are JSON, never pickles:
 loading a run's files runs no code.
 """
 
@@ -22,6 +23,12 @@ PREFIX = "step_"
 
 def checkpoint_root(run_dir: str) -> str:
     return os.path.join(os.path.abspath(run_dir), "checkpoints")
+
+
+def critic_checkpoint_name(reward: str | None = None) -> str:
+    """A critic's directory in a checkpoint (and its log name): "critic" for the one critic of the combined
+    reward, "critic-<reward>" for the critic of one reward (algo.critics)."""
+    return "critic" if reward is None else f"critic-{reward}"
 
 
 def latest_checkpoint(run_dir: str) -> str | None:
@@ -45,6 +52,9 @@ def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: floa
         ray_get(
             roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint", timeout_s
         )
+    for reward, critic in roles.critics.items():
+        name = critic_checkpoint_name(reward)
+        ray_get(critic.save_checkpoint.remote(os.path.join(tmp, name)), name, "save_checkpoint", timeout_s)
     if roles.online_prm is not None:
         path = os.path.join(tmp, ONLINE_PRM_DIR)
         ray_get(roles.online_prm.save_online.remote(path), "reward", "save_online", timeout_s)
@@ -82,6 +92,9 @@ def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
         ray_get(
             roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint", timeout_s
         )
+    for reward, critic in roles.critics.items():
+        name = critic_checkpoint_name(reward)
+        ray_get(critic.load_checkpoint.remote(os.path.join(path, name)), name, "load_checkpoint", timeout_s)
     if roles.online_prm is not None:
         prm_dir = os.path.join(path, ONLINE_PRM_DIR)
         ray_get(roles.online_prm.load_online.remote(prm_dir), "reward", "load_online", timeout_s)

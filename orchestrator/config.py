@@ -172,6 +172,16 @@ class RewardConfig:
 
 
 @dataclass
+class CriticConfig:
+    reward: str = f(
+        "process",
+        f"the reward this critic predicts: {_names(registry.CRITIC_REWARDS)} (process: the step rewards; outcome: "
+        "the outcome reward)",
+    )
+    weight: float = f(1.0, "weight of this critic's advantages in the policy's advantage (>= 0)")
+
+
+@dataclass
 class AlgoConfig:
     estimator: str = f("grpo_process", f"advantage estimator: {_names(registry.ESTIMATORS)}")
     gamma: float = f(1.0, "discount" + _used_by("gamma"))
@@ -201,6 +211,12 @@ class AlgoConfig:
     )
     tis_cap: Optional[float] = f(
         None, "cap of the importance weight pi_old / mu of off_policy=decoupled (truncated IS); null = uncapped"
+    )
+    critics: list[CriticConfig] = f(
+        [],
+        "one critic per reward (gae, step_ppo), e.g. [{reward: process}, {reward: outcome, weight: 0.5}]: each "
+        "learns its own reward's returns, the advantages are computed per critic and summed with the weights "
+        "(the weights replace outcome_weight); empty = one critic on the combined reward",
     )
 
 

@@ -81,7 +81,7 @@ def _split(rollout: Rollout, use_steps: bool) -> tuple[list[int], list[int]]:
 
 def _merge(rounds: list[Rollout], chosen: set[int]) -> Rollout:
     """One Rollout of the chosen groups' trajectories in (group_id, sample) order, each trajectory's critic
-    values and reference log-probs kept beside it."""
+    values (of every critic) and reference log-probs kept beside it."""
     rows = sorted(
         (t.group_id, t.info["sample"], k, i)
         for k, rollout in enumerate(rounds)
@@ -93,6 +93,7 @@ def _merge(rounds: list[Rollout], chosen: set[int]) -> Rollout:
         _column([x.values for x in rounds], rows),
         _column([x.ref_logprobs for x in rounds], rows),
         _merge_timing([x.timing for x in rounds]),
+        {r: _column([x.critic_values.get(r) for x in rounds], rows) or [] for r in rounds[0].critic_values},
     )
 
 

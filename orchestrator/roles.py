@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from engine.build import TrainSettings
 from learner.group import LearnerGroup
 from learner.objective import ObjectiveCoefs
-from orchestrator.checkpoint import checkpoint_root
+from orchestrator.checkpoint import checkpoint_root, critic_checkpoint_name
 from orchestrator.generators import GeneratorPool
 from orchestrator.rundir import logs_dir
 from orchestrator.runtime import Placement, plan_bundles, ray_get
@@ -30,16 +30,17 @@ class Roles:
     generators: GeneratorPool
     rewards: list[Any]  # reward.replicas RewardWorker actors
     learner: LearnerGroup
-    critic: Any | None
+    critic: Any | None  # the critic of the combined reward (gae, step_ppo without algo.critics)
     reference: Any | None
     placement: Placement
     pad_id: int
     online_prm: Any | None = None  # the reward actor whose PRM learns online, if any (workers/online_prm.py)
+    critics: dict[str, Any] = field(default_factory=dict)  # algo.critics: reward -> the critic of that reward
 
     def shutdown(self) -> None:
         self.learner.shutdown()
         self.generators.shutdown()
-        for actor in [*self.rewards, self.critic, self.reference]:
+        for actor in [*self.rewards, self.critic, *self.critics.values(), self.reference]:
             if actor is not None:
                 ray.kill(actor, no_restart=True)
         self.placement.remove()
@@ -47,16 +48,18 @@ class Roles:
 
 def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: str | None = None) -> Roles:
     """Every role's actors, ready. With run_dir, actor output goes to run_dir/logs/<role>-<i>.log and a
-    Ray-restarted critic reloads the run's newest critic checkpoint."""
+    Ray-restarted critic reloads the run's newest critic checkpoint. One critic on the combined reward, or
+    with algo.critics one per listed reward (Roles.critics)."""
     log_dir = logs_dir(run_dir) if run_dir else None
     checkpoint_dir = checkpoint_root(run_dir) if run_dir else None
     threads, timeout = cfg.cluster.threads_per_actor, cfg.train.timeout_s
     use_critic, use_ref = needs_critic(cfg), cfg.algo.kl_coef > 0
+    critic_rewards = [c.reward for c in cfg.algo.critics]  # validated: only with a critic estimator
     counts = {
         "generator": cfg.rollout.num_generators,
         "reward": cfg.reward.replicas,
         "learner": cfg.learner.num_ranks,
-        "critic": int(use_critic),
+        "critic": len(critic_rewards) or int(use_critic),
         "reference": int(use_ref),
     }
     roles_cfg = plain_dict(cfg.cluster.roles)
@@ -96,9 +99,11 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         )
         for i in range(cfg.reward.replicas)
     ]
-    critic = reference = None
-    if use_critic:
-        critic = restartable(CriticWorker, "critic").remote(
+
+    def make_critic(reward: str | None) -> Any:
+        """The critic of `reward` (None: of the combined reward), its checkpoints and log under its own name."""
+        name = critic_checkpoint_name(reward)
+        return restartable(CriticWorker, "critic").remote(
             model_dir=policy_dir,
             critic_dir=cfg.model.critic,
             train=train_settings(cfg, cfg.learner.critic_lr, total_updates),
@@ -109,9 +114,14 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
             timeout_s=timeout,
             deterministic=cfg.train.deterministic,
             restore_dir=checkpoint_dir,
-            log_file=log("critic"),
+            checkpoint_name=name,
+            log_file=log(name),
             **common,
         )
+
+    critic = make_critic(None) if use_critic and not critic_rewards else None
+    critics = {reward: make_critic(reward) for reward in critic_rewards}
+    reference = None
     if use_ref:
         reference = restartable(ReferenceWorker, "reference").remote(
             model_dir=policy_dir,
@@ -156,7 +166,8 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         log_dir=log_dir,
     )
     generators.wait_ready()
-    for role, actor in (*(("reward", a) for a in rewards), ("critic", critic), ("reference", reference)):
+    critic_actors = (("critic", critic), *((critic_checkpoint_name(r), c) for r, c in critics.items()))
+    for role, actor in (*(("reward", a) for a in rewards), *critic_actors, ("reference", reference)):
         if actor is not None:
             ray_get(actor.__ray_ready__.remote(), role, "__init__", timeout)
     return Roles(
@@ -168,6 +179,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         placement,
         tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code),
         rewards[0] if any(s.online_lr > 0 for s in cfg.reward.sources) else None,
+        critics,
     )
 
 
@@ -261,7 +273,7 @@ def placement_report(roles: Roles, timeout_s: float) -> dict[str, list[str]]:
         "generator": roles.generators.actors,
         "reward": roles.rewards,
         "learner": roles.learner.ranks,
-        "critic": [roles.critic] if roles.critic else [],
+        "critic": ([roles.critic] if roles.critic else []) + list(roles.critics.values()),
         "reference": [roles.reference] if roles.reference else [],
     }
     return {

@@ -22,6 +22,8 @@ class Rollout:
     values: list[list[float]] | None  # critic value per response token, or None
     ref_logprobs: list[list[float]] | None  # reference log-prob per response token, or None
     timing: dict[str, float] = field(default_factory=dict)
+    # with one critic per reward (algo.critics): reward -> that critic's value per response token
+    critic_values: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
 def stream_rollouts(
@@ -32,6 +34,7 @@ def stream_rollouts(
     *,
     reward_batch: int = 1,
     critic=None,
+    critics: dict | None = None,
     reference=None,
     timeout_s: float,
 ) -> Rollout:
@@ -40,9 +43,13 @@ def stream_rollouts(
     The result is in (group_id, sample index) order whatever the finishing order was: the batch, and so
     every number the learner computes, does not depend on timing. Trajectories go to the reward replicas in
     turn, `reward_batch` at a time (one batched PRM forward each; 1 scores each the moment it exists).
+    `critic` (the critic of the combined reward) and each of `critics` (reward -> its critic, algo.critics)
+    value every trajectory.
     """
     t0 = time.time()
     keys, values, refs = [], [], []
+    critics = critics or {}
+    part_values: dict[str, list] = {reward: [] for reward in critics}
     scored: list = []  # one ObjectRef per reward call
     pending: list = []  # trajectory refs not yet sent
 
@@ -58,6 +65,8 @@ def stream_rollouts(
             send_pending()
         if critic is not None:
             values.append(critic.traj_values.remote(traj_ref))
+        for reward, part_critic in critics.items():
+            part_values[reward].append(part_critic.traj_values.remote(traj_ref))
         if reference is not None:
             refs.append(reference.traj_logprobs.remote(traj_ref))
     send_pending()
@@ -70,6 +79,10 @@ def stream_rollouts(
         trajectories,
         _ordered(ray_get(values, "critic", "traj_values", remaining), order) if critic is not None else None,
         _ordered(ray_get(refs, "reference", "traj_logprobs", remaining), order) if reference is not None else None,
+        critic_values={
+            reward: _ordered(ray_get(pending_values, f"critic-{reward}", "traj_values", remaining), order)
+            for reward, pending_values in part_values.items()
+        },
     )
     end = time.time()
     early = sum(t.info.get("scored_at", end) <= gen_end for t in trajectories)

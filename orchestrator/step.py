@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from algo import registry
-from algo.batch import add_response_values, batch_advantages, collate, correct_response_mask
+from algo.batch import add_response_values, batch_advantages, collate, correct_response_mask, critic_key
 from algo.trajectory import PromptRequest
 from orchestrator.config import SYNC_METHODS
 from orchestrator.generators import Published
@@ -42,6 +42,8 @@ class StepSettings:
     sync_method: str  # sync.method
     reward_batch: int = 1  # reward.batch_size: trajectories per call to a reward replica
     prefetch: bool = False  # may the pipeline start the next step's batch now (False at evaluations, checkpoints)
+    # algo.critics: reward -> weight of its critic's advantages; empty = one critic on the combined reward
+    critic_weights: dict[str, float] = field(default_factory=dict)
 
 
 def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: int) -> tuple[dict, list]:
@@ -52,8 +54,10 @@ def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: i
     rollout, metrics = pipeline.next(step, version, prefetch=s.prefetch)
     batch = collate(rollout.trajectories, s.pad_id)
     add_response_values(batch, "old_values", rollout.values)
+    for reward, values in rollout.critic_values.items():
+        add_response_values(batch, critic_key("old_values", reward), values)
     add_response_values(batch, "ref_logprobs", rollout.ref_logprobs)
-    batch["advantages"], batch["returns"], kl_behavior_ref = batch_advantages(
+    batch["advantages"], targets, kl_behavior_ref = batch_advantages(
         batch,
         s.estimator,
         s.estimator_params,
@@ -61,13 +65,16 @@ def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: i
         kl_coef=s.kl_coef,
         kl_estimator=s.kl_estimator,
         kl_in=s.kl_in,
+        critic_weights=s.critic_weights,
     )
+    batch.update(targets)  # "returns", or one "returns/<reward>" per critic of algo.critics
     if s.sft_coef > 0:
         batch["sft_mask"] = correct_response_mask(batch)
     t_train = time.time()
     metrics.update(roles.learner.train_step(batch) if s.train_policy else {})
     if roles.critic is not None:
         metrics.update(ray_get(roles.critic.train_step.remote(batch), "critic", "train_step", s.timeout_s))
+    metrics.update(train_critics(roles.critics, batch, s.timeout_s))
     end = time.time()
     metrics.update(rollout.timing)
     metrics.update(rollout_stats(rollout.trajectories))
@@ -89,6 +96,27 @@ def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: i
     return metrics, rollout.trajectories
 
 
+def train_critics(critics: dict, batch: dict, timeout_s: float) -> dict:
+    """Each critic of algo.critics (reward -> its CriticWorker) trains on its own values and returns, handed to
+    it as "old_values" / "returns" (the keys a CriticWorker reads), all of them at once. Their metrics are
+    prefixed critic/<reward>/ so that the critics do not overwrite each other's (or the learner's)."""
+    calls = {
+        reward: critic.train_step.remote(
+            {
+                **batch,
+                "old_values": batch[critic_key("old_values", reward)],
+                "returns": batch[critic_key("returns", reward)],
+            }
+        )
+        for reward, critic in critics.items()
+    }
+    metrics = {}
+    for reward, call in calls.items():
+        stats = ray_get(call, f"critic-{reward}", "train_step", timeout_s)
+        metrics.update({f"critic/{reward}/{key}": value for key, value in stats.items()})
+    return metrics
+
+
 def score_rollout(roles, s: StepSettings, requests: list[PromptRequest]) -> Rollout:
     """Generate the batch of `requests` and score each trajectory as it finishes (orchestrator/rollout.py);
     then an online PRM learns from the scored batch, in batch order, before the next batch is scored (in
@@ -100,6 +128,7 @@ def score_rollout(roles, s: StepSettings, requests: list[PromptRequest]) -> Roll
         s.sampling,
         reward_batch=s.reward_batch,
         critic=roles.critic,
+        critics=roles.critics,
         reference=roles.reference,
         timeout_s=s.timeout_s,
     )

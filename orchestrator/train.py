@@ -262,6 +262,7 @@ def settings(cfg: DictConfig, roles: Roles, step: int, prefetch: bool = False) -
         sync_method=cfg.sync.method,
         reward_batch=cfg.reward.batch_size,
         prefetch=prefetch,
+        critic_weights={c.reward: c.weight for c in a.critics},
     )
 
 

@@ -102,10 +102,12 @@ class CriticWorker:
         deterministic: bool = False,
         trust_remote_code: bool = False,
         restore_dir: str | None = None,
+        checkpoint_name: str = "critic",
         log_file: str | None = None,
         device: str | None = None,
     ):
-        """device: where the model and batches live; None = the GPU Ray gave this actor, else the CPU."""
+        """device: where the model and batches live; None = the GPU Ray gave this actor, else the CPU.
+        checkpoint_name: this critic's directory in a checkpoint (one per critic with algo.critics)."""
         prepare_process(threads, log_file=log_file, deterministic=deterministic)
         torch.manual_seed(seed)
         self.device = role_device(device)
@@ -117,18 +119,20 @@ class CriticWorker:
             model = load_value_model(model_dir, critic_dir, trust_remote_code)
         self.engine = build_engine(model, train, self.device)
         self.train_settings, self.value_clip, self.loss_agg = train, value_clip, loss_agg
+        self.checkpoint_name = checkpoint_name
         if restore_dir and ray_restarted():
             self._restore_newest(restore_dir)
 
     def _restore_newest(self, checkpoints: str) -> None:
         """After Ray re-created this actor (its process died), continue from the run's newest critic
         checkpoint rather than from a fresh head; the steps since that checkpoint are lost for the critic."""
-        done = sorted(Path(checkpoints).glob("step_*/critic"))
+        name = self.checkpoint_name
+        done = sorted(Path(checkpoints).glob(f"step_*/{name}"))
         if done:
             self.load_checkpoint(str(done[-1]))
-            print(f"critic restarted by Ray: restored {done[-1]}", flush=True)
+            print(f"{name} restarted by Ray: restored {done[-1]}", flush=True)
         else:
-            print("critic restarted by Ray: no checkpoint yet, starting from the initial critic", flush=True)
+            print(f"{name} restarted by Ray: no checkpoint yet, starting from the initial critic", flush=True)
 
     def _values(self, micro: dict) -> torch.Tensor:
         head = forward_logits(self.engine, micro["input_ids"], micro["attention_mask"])[..., 0].float()

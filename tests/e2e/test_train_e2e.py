@@ -192,3 +192,34 @@ def test_curriculum_moves_up_on_the_validation_pass_rate(ray_local, tmp_path):
     assert max(problem_from_prompt(r.question or r.text).num_ops for r in wanted) > 2
     with open(os.path.join(checkpoint_root(run_dir), "step_000002", "state.json")) as fh:
         assert json.load(fh)["curriculum_level"] == 1
+
+
+def test_one_critic_per_reward_gae(ray_local, tmp_path):
+    """algo.critics: a process and an outcome critic, each valuing every trajectory, each trained on its own
+    returns (metrics under critic/<reward>/) and checkpointed in its own directory."""
+    from orchestrator.train import run_train
+
+    run_dir = str(tmp_path / "critics")
+    run_train(
+        config(
+            run_dir,
+            "train.steps=2",
+            "algo.estimator=gae",
+            "algo.critics=[{reward: process}, {reward: outcome, weight: 0.5}]",
+            "learner.num_ranks=1",
+            "eval.k=1",
+            "eval.num_problems=4",
+        )
+    )
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    assert [r["policy_version"] for r in steps] == [1, 2]
+    for r in steps:
+        for reward in ("process", "outcome"):
+            for key in ("value_loss", "value_mean", "value_error", "grad_norm"):
+                name = f"critic/{reward}/{key}"
+                assert name in r and math.isfinite(r[name]), name
+        assert "value_loss" not in r  # no critic of the combined reward
+    final = os.path.join(checkpoint_root(run_dir), "step_000002")
+    for reward in ("process", "outcome"):
+        assert os.listdir(os.path.join(final, f"critic-{reward}")), reward
+    assert not os.path.exists(os.path.join(final, "critic"))

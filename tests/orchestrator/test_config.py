@@ -346,3 +346,51 @@ def test_curriculum_rules_name_the_field():
     jsonl.append("reward.sources=[{name: prm, path: p}]")
     with pytest.raises(ConfigError, match=r"task.curriculum.levels: .* needs task.kind=arithmetic \(got jsonl\)"):
         load_config(DEMO, [*jsonl, "task.curriculum.levels=[3,5]"], check_files=False)
+
+
+def test_one_critic_per_reward_rules_name_the_field():
+    from types import SimpleNamespace
+
+    from orchestrator.train import settings
+
+    two = "algo.critics=[{reward: process}, {reward: outcome, weight: 0.5}]"
+    for name in ("gae", "step_ppo"):
+        cfg = load_config(DEMO, [f"algo.estimator={name}", two])
+        assert [(c.reward, c.weight) for c in cfg.algo.critics] == [("process", 1.0), ("outcome", 0.5)]
+        assert validate.needs_critic(cfg)
+        assert settings(cfg, SimpleNamespace(pad_id=0), 1).critic_weights == {"process": 1.0, "outcome": 0.5}
+    default = load_config(DEMO, ["algo.estimator=gae"])  # no list: one critic on the combined reward, as ever
+    assert list(default.algo.critics) == [] and settings(default, SimpleNamespace(pad_id=0), 1).critic_weights == {}
+    gae = ["algo.estimator=gae"]
+    for overrides, expected in [
+        (["algo.critics=[{reward: all}]"], "algo.critics[0].reward: bad value 'all'; allowed: one of process, outcome"),
+        (["algo.critics=[{reward: outcome, weight: -1}]"], "algo.critics[0].weight: bad value -1.0; allowed: a number"),
+        (["algo.critics=[{reward: outcome, weihgt: 1}]"], "algo.critics[0].weihgt: unknown key in command line"),
+        (
+            ["algo.critics=[{reward: outcome}, {reward: outcome}]"],
+            "algo.critics[1].reward: outcome already has a critic (algo.critics[0]); at most one critic per reward",
+        ),
+        (["algo.critics=[{reward: process, weight: 0}]"], "algo.critics: the weights sum to 0"),
+        (
+            ["algo.critics=[{reward: process}]", "reward.sources=[{name: outcome}]"],
+            "algo.critics[0].reward: the process critic needs a source of step rewards in reward.sources (oracle, prm)",
+        ),
+        (
+            ["algo.critics=[{reward: outcome}]", "reward.sources=[{name: oracle}]"],
+            "algo.critics[0].reward: the outcome critic needs a source of outcome rewards in reward.sources (outcome)",
+        ),
+        (["algo.critics=[{reward: outcome}]", "algo.outcome_weight=0.5"], "algo.outcome_weight=0.5: with algo.critics"),
+        (
+            ["algo.critics=[{reward: outcome}]", "algo.kl_coef=0.05", "algo.kl_in=reward"],
+            "algo.kl_in=reward puts the KL penalty into the reward",
+        ),
+    ]:
+        with pytest.raises(ConfigError) as err:
+            load_config(DEMO, gae + overrides)
+        assert str(err.value).startswith(expected), overrides
+    assert load_config(DEMO, [*gae, "algo.critics=[{reward: outcome}]", "algo.kl_coef=0.05"]).algo.kl_in == "loss"
+    for name, spec in registry.ESTIMATORS.items():  # every estimator without a critic, whatever its name
+        if not spec.needs_values:
+            with pytest.raises(ConfigError) as err:
+                load_config(DEMO, [f"algo.estimator={name}", "algo.critics=[{reward: outcome}]"])
+            assert str(err.value).startswith("algo.critics: one critic per reward needs a critic estimator (gae, ")

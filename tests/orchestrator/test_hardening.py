@@ -41,6 +41,7 @@ class FakeLearner:
 class FakeRoles:
     def __init__(self):
         self.learner, self.critic, self.online_prm = FakeLearner(), None, None
+        self.critics = {}  # algo.critics: none
 
 
 def test_crash_during_checkpoint_write_keeps_the_previous_one(tmp_path):

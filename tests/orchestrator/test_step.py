@@ -9,15 +9,18 @@ imported (orchestrator.rollout, orchestrator.step) by a function returning what 
 """
 
 import copy
+import os
 from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 
+import orchestrator.checkpoint
 import orchestrator.rollout
 import orchestrator.step
 from algo.trajectory import PromptRequest, Trajectory
+from orchestrator.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.pipeline import Pipeline
 from orchestrator.step import StepSettings, score_rollout, stage_weights, train_step
 
@@ -141,6 +144,7 @@ def make_roles(critic=False, reference=False, outcomes=OUTCOMES, online_prm=None
         else None,
         pad_id=1,
         online_prm=online_prm,
+        critics={},  # algo.critics: reward -> its critic (the tests of one critic per reward set them)
     )
 
 
@@ -310,3 +314,86 @@ def test_sft_mask_covers_the_responses_with_outcome_above_half():
     roles = make_roles(outcomes=outcomes)
     run_step(roles, SETTINGS)  # sft_coef 0: no SFT term
     assert "sft_mask" not in roles.learner.batches[0]
+
+
+# ------------------------------------------------------------------ one critic per reward (algo.critics)
+
+CRITICS_SETTINGS = replace(
+    SETTINGS,
+    estimator="gae",
+    estimator_params={"gamma": 1.0, "lam": 1.0, "outcome_weight": 1.0},
+    critic_weights={"process": 1.0, "outcome": 0.5},
+)
+
+
+def reward_critic(values_fn, loss: float):
+    """A fake CriticWorker of one reward: values per trajectory; records the batches it trains on."""
+    batches: list[dict] = []
+    return SimpleNamespace(
+        traj_values=remote(values_fn),
+        batches=batches,
+        train_step=remote(lambda b: batches.append(b) or {"value_loss": loss, "grad_norm": 1.0}),
+    )
+
+
+def test_one_critic_per_reward_values_returns_advantages_and_metrics():
+    roles = make_roles()
+    roles.critics = {
+        "process": reward_critic(critic_values, 0.1),
+        "outcome": reward_critic(lambda t: [0.25] * len(t.response_ids), 0.2),
+    }
+    metrics, _ = run_step(roles, CRITICS_SETTINGS)
+    (batch,) = roles.learner.batches
+    assert "old_values" not in batch and "returns" not in batch  # no critic of the combined reward
+    for b, (g, s) in enumerate(rows()):
+        sl, n, o = response_slice(b), LENGTHS[(g, s)], OUTCOMES[(g, s)]
+        v_process = [10 * g + s + 0.1 * i for i in range(n)]
+        assert batch["old_values/process"][b, sl].tolist() == pytest.approx(v_process)
+        assert batch["old_values/outcome"][b, sl].tolist() == [0.25] * n
+        # gamma = lam = 1: a critic's return is the return-to-go of its own reward: the step rewards (all 0
+        # here) for the process critic, the outcome (on the last token) for the outcome critic
+        assert batch["returns/process"][b, sl].tolist() == [0.0] * n
+        assert batch["returns/outcome"][b, sl].tolist() == [o] * n
+        # and A = return - value per critic: 1.0 * (0 - V_process) + 0.5 * (outcome - 0.25)
+        expected = [-v + 0.5 * (o - 0.25) for v in v_process]
+        assert batch["advantages"][b, sl].tolist() == pytest.approx(expected, abs=1e-5)
+    for reward in ("process", "outcome"):  # each critic trains once, on its own values and returns
+        (own,) = roles.critics[reward].batches
+        assert torch.equal(own["old_values"], batch[f"old_values/{reward}"])
+        assert torch.equal(own["returns"], batch[f"returns/{reward}"])
+    # each critic's metrics under its reward: neither overwrites the other's nor the learner's
+    assert metrics["critic/process/value_loss"] == 0.1 and metrics["critic/outcome/value_loss"] == 0.2
+    assert metrics["critic/process/grad_norm"] == 1.0 and "value_loss" not in metrics and metrics["loss"] == 0.25
+
+
+def test_critics_train_during_the_critic_warmup():
+    roles = make_roles()
+    roles.critics = {"outcome": reward_critic(lambda t: [0.0] * len(t.response_ids), 0.3)}
+    metrics, _ = run_step(roles, replace(CRITICS_SETTINGS, critic_weights={"outcome": 1.0}, train_policy=False))
+    assert roles.learner.batches == [] and len(roles.critics["outcome"].batches) == 1
+    assert metrics["critic/outcome/value_loss"] == 0.3
+
+
+def test_each_critic_is_checkpointed_in_its_own_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(orchestrator.checkpoint, "ray_get", lambda refs, role, what, timeout_s: refs)
+    loaded: list[str] = []
+
+    def critic(reward):
+        def save(path):
+            os.makedirs(path)
+            with open(os.path.join(path, "weights"), "w") as fh:
+                fh.write(reward)
+
+        return SimpleNamespace(save_checkpoint=remote(save), load_checkpoint=remote(loaded.append))
+
+    learner = SimpleNamespace(save_checkpoint=lambda path, state: os.makedirs(path), load_checkpoint=lambda path: None)
+    roles = SimpleNamespace(
+        learner=learner, critic=None, online_prm=None, critics={r: critic(r) for r in ("process", "outcome")}
+    )
+    path = save_checkpoint(str(tmp_path), roles, {"step": 2}, keep=1, timeout_s=5)
+    assert {"critic-process", "critic-outcome"} <= set(os.listdir(path)) and "critic" not in os.listdir(path)
+    for reward in ("process", "outcome"):
+        with open(os.path.join(path, f"critic-{reward}", "weights")) as fh:
+            assert fh.read() == reward
+    assert load_checkpoint(path, roles, timeout_s=5) == {"step": 2}
+    assert loaded == [os.path.join(path, "critic-process"), os.path.join(path, "critic-outcome")]
