@@ -48,16 +48,8 @@ def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: floa
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     roles.learner.save_checkpoint(os.path.join(tmp, "learner"), {"step": state["step"]})
-    if roles.critic is not None:
-        ray_get(
-            roles.critic.save_checkpoint.remote(os.path.join(tmp, "critic")), "critic", "save_checkpoint", timeout_s
-        )
-    for reward, critic in roles.critics.items():
-        name = critic_checkpoint_name(reward)
-        ray_get(critic.save_checkpoint.remote(os.path.join(tmp, name)), name, "save_checkpoint", timeout_s)
-    if roles.online_prm is not None:
-        path = os.path.join(tmp, ONLINE_PRM_DIR)
-        ray_get(roles.online_prm.save_online.remote(path), "reward", "save_online", timeout_s)
+    for name, actor, (save, _) in _stateful_actors(roles):
+        ray_get(getattr(actor, save).remote(os.path.join(tmp, name)), name, save, timeout_s)
     save_rng(os.path.join(tmp, "driver_rng.json"))
     with open(os.path.join(tmp, "state.json"), "w") as fh:  # written last: its presence marks completeness
         json.dump(state, fh, indent=1)
@@ -68,6 +60,19 @@ def save_checkpoint(run_dir: str, roles, state: dict, keep: int, timeout_s: floa
     for old in sorted(d for d in os.listdir(root) if d.startswith(PREFIX))[:-keep]:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
+
+
+def _stateful_actors(roles) -> list[tuple[str, object, tuple[str, str]]]:
+    """(directory in the checkpoint, actor, its (save, load) methods) of every actor besides the learner whose
+    state a checkpoint holds: the single critic, one critic per reward (algo.critics), an online PRM."""
+    out: list[tuple[str, object, tuple[str, str]]] = []
+    checkpoint_methods = ("save_checkpoint", "load_checkpoint")
+    if roles.critic is not None:
+        out.append(("critic", roles.critic, checkpoint_methods))
+    out += [(critic_checkpoint_name(reward), critic, checkpoint_methods) for reward, critic in roles.critics.items()]
+    if roles.online_prm is not None:
+        out.append((ONLINE_PRM_DIR, roles.online_prm, ("save_online", "load_online")))
+    return out
 
 
 def fsync_tree(path: str) -> None:
@@ -88,16 +93,8 @@ def _fsync_path(path: str) -> None:
 
 def load_checkpoint(path: str, roles, timeout_s: float) -> dict:
     roles.learner.load_checkpoint(os.path.join(path, "learner"))
-    if roles.critic is not None:
-        ray_get(
-            roles.critic.load_checkpoint.remote(os.path.join(path, "critic")), "critic", "load_checkpoint", timeout_s
-        )
-    for reward, critic in roles.critics.items():
-        name = critic_checkpoint_name(reward)
-        ray_get(critic.load_checkpoint.remote(os.path.join(path, name)), name, "load_checkpoint", timeout_s)
-    if roles.online_prm is not None:
-        prm_dir = os.path.join(path, ONLINE_PRM_DIR)
-        ray_get(roles.online_prm.load_online.remote(prm_dir), "reward", "load_online", timeout_s)
+    for name, actor, (_, load) in _stateful_actors(roles):
+        ray_get(getattr(actor, load).remote(os.path.join(path, name)), name, load, timeout_s)
     load_rng(os.path.join(path, "driver_rng.json"))
     with open(os.path.join(path, "state.json")) as fh:
         return json.load(fh)
