@@ -214,8 +214,10 @@ def label_dir(label: str) -> str:
     return UNSAFE_IN_DIR.sub("_", label)
 
 
-def expand(exp: Experiment, cli_overrides: Sequence[str] = ()) -> list[Cell]:
-    """Every cell of the experiment, its configs built and validated (a ConfigError names the cell)."""
+def expand(exp: Experiment, cli_overrides: Sequence[str] = (), check_reward_models: bool = True) -> list[Cell]:
+    """Every cell of the experiment, its configs built and validated (a ConfigError names the cell).
+    check_reward_models=False skips only the check that reward model directories exist (a PRM that another
+    command, steprl train-prm, makes before the sweep runs)."""
     for item in cli_overrides:
         key = item.split("=", 1)[0]
         if key in SWEEP_KEYS:
@@ -246,7 +248,7 @@ def expand(exp: Experiment, cli_overrides: Sequence[str] = ()) -> list[Cell]:
                     f"run_dir={run_dir}",
                 )
                 where = f"{exp.path}: settings.{name}, {label}, seed {seed}"
-                train_cfg = _load(exp.base, overrides, where)
+                train_cfg = _load(exp.base, overrides, where, check_reward_models)
                 eval_cfg = None
                 if setting.length_generalisation:
                     evaluation = (
@@ -255,14 +257,14 @@ def expand(exp: Experiment, cli_overrides: Sequence[str] = ()) -> list[Cell]:
                         f"model.policy={os.path.join(run_dir, 'policy')}",
                         f"run_dir={os.path.join(run_dir, 'length_generalisation')}",
                     )
-                    eval_cfg = _load(exp.base, evaluation, where + " (length_generalisation)")
+                    eval_cfg = _load(exp.base, evaluation, where + " (length_generalisation)", check_reward_models)
                 cells.append(Cell(name, label, chosen, seed, run_dir, overrides, train_cfg, eval_cfg))
     return cells
 
 
-def _load(base: str, overrides: Sequence[str], where: str) -> DictConfig:
+def _load(base: str, overrides: Sequence[str], where: str, check_reward_models: bool = True) -> DictConfig:
     try:
-        return load_config(base, overrides)
+        return load_config(base, overrides, check_reward_models=check_reward_models)
     except ConfigError as e:
         raise ConfigError(f"{where}: {e}") from None
 
