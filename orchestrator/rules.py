@@ -22,6 +22,10 @@ from tasks.oracle import STEP_MEANINGS
 from workers.sources import PRM_FORMATS
 
 
+class ConfigError(ValueError):
+    """A config problem, message starting with the dotted field name."""
+
+
 def _choices(values: tuple) -> tuple[Callable[[Any], bool], Callable[[], str]]:
     return (lambda v: v in values), (lambda: "one of " + ", ".join(map(str, values)))
 
