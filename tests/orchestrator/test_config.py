@@ -85,7 +85,9 @@ def test_one_default_per_knob():
         ("sync.method", list(SYNC_METHODS)),
     ],
 )
-def test_every_registry_name_is_a_valid_choice(key, names):
+def test_every_registry_name_is_a_valid_choice(key, names, monkeypatch):
+    # bfloat16 is a valid name on any machine; whether this CPU runs it is tests/engine/test_engine_devices.py's
+    monkeypatch.setattr("orchestrator.validate.cpu_bf16_kernels", lambda flags: True)
     for name in names:
         assert OmegaConf.select(load_config(DEMO, [f"{key}={name}"]), key) == name
 
