@@ -10,6 +10,10 @@ not dropped silently) but is masked out: it is AdvantageInputs.sample_valid, and
 `valid_token_mask` (response_mask * sample_valid[:, None]).
 Missing rewards: step_rewards None -> zeros (step_mask still marks the existing steps);
 outcome_reward None -> 0.0.
+
+`guided` [B] is 1.0 for a gold sample (info["guided"], orchestrator/guided.py): text no sampler wrote, so its
+behaviour log-probs are no log-probs (zeros). The learner weights its loss apart (algo/guided.py), and the
+behaviour-to-reference KL leaves it out.
 """
 
 from __future__ import annotations
@@ -71,6 +75,7 @@ def collate(trajs: list[Trajectory], pad_id: int) -> dict[str, Tensor]:
         "outcome": torch.zeros(B),
         "group_ids": torch.tensor([t.group_id for t in trajs], dtype=torch.long),
         "sample_valid": torch.tensor([float(t.sample_valid) for t in trajs]),
+        "guided": torch.tensor([float(bool(t.info.get("guided", False))) for t in trajs]),
     }
     for b, t in enumerate(trajs):
         p, n = len(t.prompt_ids), len(t.response_ids)
@@ -149,9 +154,14 @@ def batch_advantages(
     if kl_in not in registry.KL_PLACEMENTS:
         raise registry.unknown("KL placement", kl_in, registry.KL_PLACEMENTS)
     mask = batch["response_mask"]
-    kl = None
+    kl, kl_mask = None, mask
     if "ref_logprobs" in batch:
-        kl = kl_estimate(batch["behavior_logprobs"], batch["ref_logprobs"], kl_estimator) * mask
+        guided = batch.get("guided")
+        if guided is not None and bool((guided > 0).any()):
+            if kl_in == "reward":  # the config refuses it too (orchestrator/feature_rules.py)
+                raise ValueError("kl_in='reward' needs behaviour log-probs of every sample; gold samples have none")
+            kl_mask = mask * (1.0 - guided)[:, None]  # the sampled rows only
+        kl = kl_estimate(batch["behavior_logprobs"], batch["ref_logprobs"], kl_estimator) * kl_mask
     inputs = AdvantageInputs(
         mask=mask,
         step_index=batch["step_index"],
@@ -172,5 +182,5 @@ def batch_advantages(
         targets = {"returns": ret if ret is not None else torch.zeros_like(adv)}
     if whiten:
         adv = normalize.whiten(adv, valid_token_mask(batch))
-    kl_mean = float(kl.sum() / mask.sum().clamp(min=1)) if kl is not None else 0.0
+    kl_mean = float(kl.sum() / kl_mask.sum().clamp(min=1)) if kl is not None else 0.0
     return adv, targets, kl_mean

@@ -10,6 +10,8 @@
   steps), `sequence` (mean within each sequence, then over sequences); the names are
   algo.registry.LOSS_AGGREGATIONS. agg_units() counts what a mode averages over (tokens, steps or
   sequences), so a loss cut into micro-batches can be weighted back to the mean of the whole batch.
+- Guided rows (LUFFY, Yan et al. 2504.14945; algo/guided.py): a row flagged in `guided` holds a gold solution no
+  sampler wrote; its per-token loss is -min(ratio, max_weight) * A, unclipped, in place of the PPO term.
 Stats are plain floats over real tokens (token means, whatever `agg` is).
 """
 
@@ -21,6 +23,7 @@ import torch
 from torch import Tensor
 
 from algo import registry
+from algo.guided import guided_weight
 from algo.kl import kl_estimate
 from algo.normalize import zero_masked
 
@@ -111,11 +114,15 @@ def policy_loss(
     dual_clip: float | None,
     agg: str,
     weight: Tensor | None = None,
+    guided: Tensor | None = None,
+    max_weight: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """PPO clip loss [B, T] -> scalar; stats: clip_frac, dual_clip_frac, approx_kl, ratio_mean, ratio_max.
 
     weight [B, T] (optional, no gradient) multiplies each token's clipped loss outside the clip: the importance
-    weight of a stale sample (algo/offpolicy.py)."""
+    weight of a stale sample (algo/offpolicy.py). guided [B] (optional, 1.0 = a gold sample, algo/guided.py):
+    those rows' loss is -min(ratio, max_weight) * A instead, unclipped and without `weight` (they have no
+    behaviour log-probs to weight by); they count as never clipped. With no row flagged nothing changes."""
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (got {dual_clip})")
     mask = mask.to(logprobs.dtype)
@@ -132,6 +139,13 @@ def policy_loss(
         loss = torch.where(advantages < 0, torch.minimum(loss, loss3), loss)
     if weight is not None:
         loss = loss * weight.detach()
+    if guided is not None and bool((guided > 0).any()):
+        if max_weight is None:
+            raise ValueError("policy_loss: guided rows need max_weight (algo.guided.max_weight)")
+        rows = (guided > 0)[:, None].expand_as(loss)
+        loss = torch.where(rows, -advantages * guided_weight(log_ratio, max_weight), loss)
+        clipped = clipped.masked_fill(rows, 0.0)
+        dual = dual.masked_fill(rows, 0.0)
     total = aggregate(loss, mask, step_index, agg)
     with torch.no_grad():
         real = mask > 0

@@ -49,3 +49,6 @@ class PromptRequest:
     # Steps already written (generation from a prefix: labelling and search continue a partial solution).
     # Tokenized apart from the prompt, as the policy's own steps were; the response holds only what follows.
     prefix: str = ""
+    # The task's gold solution (its solution_text; "" when the task has none): what a guided sample of this group
+    # says (algo.guided, orchestrator/guided.py). Never sent to the policy.
+    solution: str = ""

@@ -144,6 +144,17 @@ def all_reduce_sum(x: Tensor, device=None) -> Tensor:
     return x
 
 
+def all_reduce_max(x: Tensor, device=None) -> Tensor:
+    """Elementwise max over the ranks, otherwise as all_reduce_sum (a statistic that does not add up)."""
+    import torch.distributed as dist
+
+    x = x if device is None else x.to(device)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+    return x
+
+
 # ---- optimizer updates ----
 
 

@@ -5,7 +5,9 @@
 PPO clipped surrogate (Schulman et al. 1707.06347) with clip-higher (DAPO 2503.14476) and dual clip
 (1912.09729) from algo.losses, its ratio taken against the log-probs `off_policy` names (algo/offpolicy.py:
 the learner's own at the start of the step, the generator's, or decoupled with an importance weight); KL in
-the loss with a k1/k2/k3 estimator as in GRPO (DeepSeekMath 2402.03300 eq. 3, k3). Policy, KL and entropy
+the loss with a k1/k2/k3 estimator as in GRPO (DeepSeekMath 2402.03300 eq. 3, k3). Rows flagged in the batch's
+"guided" column are gold samples (LUFFY 2504.14945, algo/guided.py): their policy term is -min(ratio, max_weight) * A,
+unclipped, with the ratio against the same old log-probs. Policy, KL and entropy
 terms share the aggregation `loss_agg` (token / step / sequence); the SFT NLL is a token mean over sft_mask
 (a supervised loss has no steps).
 
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from algo.batch import shift_logprobs, valid_token_mask
+from algo.guided import guided_weight, weight_sums
 from algo.kl import kl_estimate
 from algo.losses import agg_units, aggregate, entropy_from_logits, policy_loss
 from algo.offpolicy import ratio_base
@@ -36,6 +39,10 @@ REQUIRED_KEYS = (
     "advantages",
     "sample_valid",
 )
+# Sums over the guided rows' tokens of their weight min(ratio, max_weight), additive over micro-batches and ranks
+# (algo.guided.weight_sums); and their max, which is not (the learner reduces it by max, learner/rank.py).
+GUIDED_SUMS = ("guided/weight_sum", "guided/weight_sq_sum", "guided/tokens")
+GUIDED_PEAK = "guided/weight_peak"
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class ObjectiveCoefs:
     sft_coef: float
     off_policy: str = "recompute"  # what the PPO ratio is taken against (algo/offpolicy.py)
     tis_cap: float | None = None  # cap of the decoupled importance weight; None = uncapped
+    guided_max_weight: float | None = None  # algo.guided.max_weight; None = algo.guided off (no row may be flagged)
 
 
 def check_policy_batch(batch: dict, coefs: ObjectiveCoefs) -> None:
@@ -67,6 +75,8 @@ def check_policy_batch(batch: dict, coefs: ObjectiveCoefs) -> None:
         )
     if coefs.sft_coef > 0 and "sft_mask" not in batch:
         raise KeyError("sft_coef > 0 but the batch has no 'sft_mask'")
+    if coefs.guided_max_weight is not None and "guided" not in batch:
+        raise KeyError("algo.guided is on (guided_max_weight) but the batch has no 'guided' column")
 
 
 def units(batch: dict, coefs: ObjectiveCoefs) -> Tensor:
@@ -98,6 +108,8 @@ def micro_objective(
         dual_clip=coefs.dual_clip,
         agg=coefs.loss_agg,
         weight=is_weight,
+        guided=micro.get("guided"),
+        max_weight=coefs.guided_max_weight,
     )
     # Entropy of the distribution token t was drawn from lives at logits[t-1].
     with torch.set_grad_enabled(torch.is_grad_enabled() and coefs.entropy_coef > 0):
@@ -109,6 +121,10 @@ def micro_objective(
         "clip_frac": w_tok * st["clip_frac"],
         "approx_kl": w_tok * st["approx_kl"],
     }
+    if coefs.guided_max_weight is not None:  # plain sums, not shares: they add up to the step's (algo/guided.py)
+        with torch.no_grad():
+            sums = weight_sums(guided_weight(logprobs - base, coefs.guided_max_weight), mask, micro["guided"])
+        metrics.update(zip((*GUIDED_SUMS, GUIDED_PEAK), sums.tolist(), strict=True))
     if "ref_logprobs" in micro:
         kl = aggregate(
             kl_estimate(logprobs, micro["ref_logprobs"].float(), coefs.kl_estimator), mask, step, coefs.loss_agg

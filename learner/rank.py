@@ -22,9 +22,11 @@ import torch
 
 from algo.batch import shift_logprobs, valid_token_mask
 from algo.fingerprint import tensor_hashes, weights_fingerprint
+from algo.guided import weight_stats as guided_stats
 from algo.offpolicy import weight_stats, weight_sums
 from engine.batching import (
     accumulated_step,
+    all_reduce_max,
     all_reduce_sum,
     batch_size,
     check_rows,
@@ -43,7 +45,7 @@ from engine.build import (
     save_checkpoint,
 )
 from engine.process import prepare_process, role_device, role_dtype, seed_everything
-from learner.objective import ObjectiveCoefs, check_policy_batch, micro_objective, units
+from learner.objective import GUIDED_PEAK, GUIDED_SUMS, ObjectiveCoefs, check_policy_batch, micro_objective, units
 from learner.weights import weights_summary
 
 METRICS = ("loss", "policy_loss", "kl", "entropy", "clip_frac", "approx_kl", "sft_nll")
@@ -90,6 +92,7 @@ class LearnerRank:
             )
         self.engine = build_engine(model, train, self.device)
         self.zero3 = train.zero_stage == 3
+        self._guided_peak = 0.0  # largest guided weight of this train_step on this rank (algo.guided)
 
     # ---- training ----
 
@@ -116,23 +119,40 @@ class LearnerRank:
         batch = to_device(batch, self.device)
         old = self._logprobs(batch)
         mask = valid_token_mask(batch)
+        if "guided" in batch:  # gold samples have no behaviour log-probs: the sampler / learner gap leaves them out
+            mask = mask * (1.0 - batch["guided"].float())[:, None]
         cap = self.coefs.tis_cap if self.coefs.off_policy == "decoupled" else None
         sums = all_reduce_sum(weight_sums(old, batch["behavior_logprobs"].float(), mask, cap), self.device)
+        guided = self.coefs.guided_max_weight is not None
+        self._guided_peak = 0.0
         metrics = epochs_of_updates(
             batch,
             epochs=self.train_settings.epochs,
             mini_batches=self.train_settings.mini_batches,
-            keys=METRICS,
+            keys=METRICS + (GUIDED_SUMS if guided else ()),
             update=lambda mini, rows: self._update(mini, old[rows]),
         )
+        if guided:
+            metrics.update(self._guided_metrics(metrics))
         return {**metrics, **weight_stats(sums)}
+
+    def _guided_metrics(self, metrics: dict) -> dict:
+        """guided/weight_mean, _std, _max over the guided tokens of every update of the step (algo/guided.py),
+        taking the sums out of `metrics`. The sums are averaged over updates like every metric, which leaves their
+        ratios alone; the max is reduced over ranks by max."""
+        total, total_sq, tokens = (metrics.pop(key) for key in GUIDED_SUMS)
+        peak = float(all_reduce_max(torch.tensor([self._guided_peak]), self.device)[0])
+        return guided_stats(total, total_sq, tokens, peak)
 
     def _update(self, mini: dict, old: torch.Tensor) -> tuple[dict, float, float]:
         """One optimizer step on a mini-batch; returns global metrics, grad norm, lr."""
 
         def loss_fn(micro, rows, weights):
             logits = forward_logits(self.engine, micro["input_ids"], micro["attention_mask"])
-            return micro_objective(logits, micro, old[rows], weights, self.coefs)
+            loss, metrics = micro_objective(logits, micro, old[rows], weights, self.coefs)
+            # a max, not a sum: kept apart from the metrics accumulated_step adds up
+            self._guided_peak = max(self._guided_peak, metrics.pop(GUIDED_PEAK, 0.0))
+            return loss, metrics
 
         # units(): (policy aggregation units, SFT tokens, response tokens)
         return accumulated_step(

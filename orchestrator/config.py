@@ -182,6 +182,19 @@ class CriticConfig:
 
 
 @dataclass
+class GuidedConfig:
+    enable: bool = f(
+        False,
+        "LUFFY guided samples (2504.14945): a group whose samples all failed gets the task's gold solution in "
+        "place of its last sample, its loss -min(pi_theta / mu, max_weight) * A outside the clip (group estimators)",
+    )
+    # LUFFY does not cap. At the cap the gold token's gradient is zero, so one step may at most double a gold
+    # token's probability: looser than PPO's 1 + clip_high (the gold is known right), but bounded where an
+    # uncapped ratio would grow its own gradient on a token the policy finds unlikely.
+    max_weight: float = f(2.0, "cap of the gold samples' weight pi_theta / mu (mu: the policy that made the batch)")
+
+
+@dataclass
 class AlgoConfig:
     estimator: str = f("grpo_process", f"advantage estimator: {_names(registry.ESTIMATORS)}")
     gamma: float = f(1.0, "discount" + _used_by("gamma"))
@@ -218,6 +231,7 @@ class AlgoConfig:
         "learns its own reward's returns, the advantages are computed per critic and summed with the weights "
         "(the weights replace outcome_weight); empty = one critic on the combined reward",
     )
+    guided: GuidedConfig = f(GuidedConfig, "gold solutions for groups that all failed (LUFFY 2504.14945)")
 
 
 @dataclass

@@ -41,11 +41,20 @@ def task_from_config(cfg: DictConfig, max_steps: int | None = None):
 
 def prompt_requests(task, problems: list) -> list:
     """One PromptRequest per problem (group_id = its index): the policy's prompt (chat template included,
-    task.prompt_text), the gold answer, and the question as written (task.question_text) for the PRM."""
+    task.prompt_text), the gold answer, the question as written (task.question_text) for the PRM, and the gold
+    solution (task.solution_text; "" for a task without one, e.g. JSONL) for a guided sample."""
     from algo.trajectory import PromptRequest
 
+    solution = getattr(task, "solution_text", None)
     return [
-        PromptRequest(p.prompt_id, g, task.prompt_text(p), str(p.answer), question=task.question_text(p))
+        PromptRequest(
+            p.prompt_id,
+            g,
+            task.prompt_text(p),
+            str(p.answer),
+            question=task.question_text(p),
+            solution=solution(p) if solution is not None else "",
+        )
         for g, p in enumerate(problems)
     ]
 

@@ -1,4 +1,4 @@
-"""Cross-field rules of the optional features: an online PRM, one critic per reward, a curriculum.
+"""Cross-field rules of the optional features: an online PRM, one critic per reward, a curriculum, guided samples.
 
 Each feature is off by default; when a config switches one on, its rule checks the other sections it relies on
 and names the field to change. orchestrator/validate.py calls check_features after the per-field RULES.
@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from algo import registry
 from orchestrator.rules import ConfigError
+from tasks import GOLD_SOLUTION_KINDS
 from workers.sources import SOURCES
 
 
@@ -17,6 +18,43 @@ def check_features(cfg: DictConfig) -> None:
     _check_online_prm(cfg)
     _check_critics(cfg)
     _check_curriculum(cfg)
+    _check_guided(cfg)
+
+
+def _check_guided(cfg: DictConfig) -> None:
+    """algo.guided: a gold solution for a group that all failed (orchestrator/guided.py). It needs a group estimator
+    (the gold's advantage is relative to its group), a task that writes gold solutions, an outcome source (to say
+    that a group failed), and a ratio taken against the learner's own old log-probs: the gold text has no
+    behaviour log-probs (nobody sampled it), and those are what off_policy=behavior / decoupled and a KL in the
+    reward read."""
+    a = cfg.algo
+    if not a.guided.enable:
+        return
+    if not registry.ESTIMATORS[a.estimator].needs_groups:
+        groups = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.needs_groups)
+        raise ConfigError(
+            f"algo.guided.enable: a gold sample takes its advantage from its group; algo.estimator={a.estimator} "
+            f"compares no groups (group estimators: {groups})"
+        )
+    if cfg.task.kind not in GOLD_SOLUTION_KINDS:
+        raise ConfigError(
+            f"algo.guided.enable: task.kind={cfg.task.kind} has no gold solutions "
+            f"(kinds with them: {', '.join(GOLD_SOLUTION_KINDS)})"
+        )
+    if not any(SOURCES[s.name].gives == "outcome" for s in cfg.reward.sources):
+        raise ConfigError(
+            "reward.sources: algo.guided.enable finds the groups that all failed by their outcome; add {name: outcome}"
+        )
+    if a.off_policy != "recompute":
+        raise ConfigError(
+            f"algo.off_policy={a.off_policy} reads behaviour log-probs, which a gold sample (algo.guided.enable) "
+            "does not have; use algo.off_policy=recompute"
+        )
+    if a.kl_coef > 0 and a.kl_in == "reward":
+        raise ConfigError(
+            "algo.kl_in=reward takes the KL from behaviour log-probs, which a gold sample (algo.guided.enable) "
+            "does not have; use algo.kl_in=loss"
+        )
 
 
 def _check_curriculum(cfg: DictConfig) -> None:

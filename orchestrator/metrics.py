@@ -1,7 +1,8 @@
 """Run metrics: one JSON object per step in metrics.jsonl, TensorBoard events, and a PNG of the curves.
 
 Rollout statistics are computed here from trajectories: reward statistics overall and per step position
-(position k = the k-th reasoning step), oracle step accuracy per position, lengths and truncation.
+(position k = the k-th reasoning step), oracle step accuracy per position, lengths and truncation. They describe
+the policy: gold samples (info["guided"], orchestrator/guided.py), which the policy did not write, are left out.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ def _rewards(t: Trajectory) -> tuple[float, list[float]]:
 
 
 def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, float | str]:
+    trajs = [t for t in trajs if not t.info.get("guided")]  # the policy's own samples (module docstring)
     valid = [t for t in trajs if t.sample_valid]
     out: dict[str, float | str] = {"samples/masked": float(len(trajs) - len(valid))}
     errors = [t.info.get("reward_error", "?") for t in trajs if not t.sample_valid]
@@ -58,7 +60,8 @@ def rollout_stats(trajs: list[Trajectory], max_positions: int = 8) -> dict[str, 
 
 
 def sample_records(step: int, trajs: list[Trajectory]) -> list[dict]:
-    """One row per sample for run_dir/samples.jsonl: who made it, with which weights, what it earned."""
+    """One row per sample for run_dir/samples.jsonl: who made it (a gold sample: guided, no replica), with which
+    weights, what it earned."""
     return [
         {
             "step": step,
@@ -72,6 +75,7 @@ def sample_records(step: int, trajs: list[Trajectory]) -> list[dict]:
             "outcome_reward": t.outcome_reward,
             "step_rewards": t.step_rewards,
             "finish_reason": t.finish_reason,
+            "guided": bool(t.info.get("guided", False)),  # a gold solution, not the policy's (algo.guided)
             "response": t.response_text,
         }
         for t in trajs

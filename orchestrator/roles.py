@@ -16,6 +16,7 @@ from learner.group import LearnerGroup
 from learner.objective import ObjectiveCoefs
 from orchestrator.checkpoint import checkpoint_root, critic_checkpoint_name
 from orchestrator.generators import GeneratorPool
+from orchestrator.guided import GoldWriter
 from orchestrator.rundir import logs_dir
 from orchestrator.runtime import Placement, plan_bundles, ray_get
 from orchestrator.validate import needs_critic, plain_dict
@@ -36,6 +37,7 @@ class Roles:
     pad_id: int
     online_prm: Any | None = None  # the reward actor whose PRM learns online, if any (workers/online_prm.py)
     critics: dict[str, Any] = field(default_factory=dict)  # algo.critics: reward -> the critic of that reward
+    gold_writer: GoldWriter | None = None  # algo.guided: writes gold solutions as trajectories (in the driver)
 
     def shutdown(self) -> None:
         self.learner.shutdown()
@@ -143,6 +145,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         sft_coef=a.sft_coef,
         off_policy=a.off_policy,
         tis_cap=a.tis_cap,
+        guided_max_weight=a.guided.max_weight if a.guided.enable else None,
     )
     rank_kwargs = dict(
         model_dir=policy_dir,
@@ -180,6 +183,7 @@ def start_roles(cfg: DictConfig, policy_dir: str, total_updates: int, run_dir: s
         tokenizer_pad_id(policy_dir, cfg.model.trust_remote_code),
         rewards[0] if any(s.online_lr > 0 for s in cfg.reward.sources) else None,
         critics,
+        GoldWriter(policy_dir, r.step_delimiter, cfg.model.trust_remote_code) if a.guided.enable else None,
     )
 
 

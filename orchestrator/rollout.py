@@ -9,10 +9,11 @@ overlaps generation. Every wait has a deadline.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from algo.trajectory import PromptRequest, Trajectory
-from orchestrator.generators import GeneratorPool
 from orchestrator.runtime import ray_get
 
 
@@ -26,8 +27,15 @@ class Rollout:
     critic_values: dict[str, list[list[float]]] = field(default_factory=dict)
 
 
+class TrajectorySource(Protocol):
+    """Where stream_rollouts takes trajectories from: the GeneratorPool (orchestrator/generators.py), or
+    trajectories already written (the gold samples of orchestrator/guided.py)."""
+
+    def stream(self, requests: list[PromptRequest], sampling: dict) -> Iterator[tuple[object, Trajectory]]: ...
+
+
 def stream_rollouts(
-    generators: GeneratorPool,
+    generators: TrajectorySource,
     rewards: list,
     requests: list[PromptRequest],
     sampling: dict,

@@ -73,6 +73,7 @@ RULES: list[tuple[str, Callable[[Any], bool], Callable[[], str]]] = [
     ("algo.loss_agg", *_choices(registry.LOSS_AGGREGATIONS)),
     ("algo.off_policy", *_choices(registry.OFF_POLICY)),
     ("algo.tis_cap", lambda v: v is None or v > 0, lambda: "null or a number > 0"),
+    ("algo.guided.max_weight", _positive, lambda: "a number > 0"),
     ("train.max_staleness", lambda v: v >= 0, lambda: "an integer >= 0"),
     ("algo.entropy_coef", lambda v: v >= 0, lambda: "a number >= 0"),
     ("algo.sft_coef", lambda v: v >= 0, lambda: "a number >= 0"),

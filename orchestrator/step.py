@@ -44,6 +44,7 @@ class StepSettings:
     prefetch: bool = False  # may the pipeline start the next step's batch now (False at evaluations, checkpoints)
     # algo.critics: reward -> weight of its critic's advantages; empty = one critic on the combined reward
     critic_weights: dict[str, float] = field(default_factory=dict)
+    guided: bool = False  # algo.guided.enable: gold samples for groups that all failed (orchestrator/guided.py)
 
 
 def train_step(roles, s: StepSettings, pipeline: Pipeline, step: int, version: int) -> tuple[dict, list]:

@@ -31,6 +31,7 @@ from orchestrator.config import ModelConfig
 from orchestrator.curriculum import curriculum_from_config
 from orchestrator.data import eval_problems, prompt_requests, step_problems, task_from_config
 from orchestrator.dynamic import fill_batch
+from orchestrator.guided import guide_rollout, score_written
 from orchestrator.metrics import MetricsLog, plot_curves, sample_records
 from orchestrator.pipeline import Pipeline
 from orchestrator.roles import Roles, placement_report, policy_dir_exists, start_roles
@@ -215,23 +216,36 @@ def make_pipeline(
 def step_rollout(cfg: DictConfig, roles: Roles, task, step: int) -> Rollout:
     """The scored batch of train step `step`. With rollout.dynamic_sampling, groups without signal are replaced
     by fresh prompts, drawn from seeds derived from (seed, step, round) so a resumed run draws them again
-    (orchestrator/dynamic.py)."""
+    (orchestrator/dynamic.py). With algo.guided.enable, groups that still all failed then get a gold sample in
+    place of their last one (orchestrator/guided.py)."""
     s = settings(cfg, roles, step)
-    requests = step_requests(cfg, task, step)
-    if not cfg.rollout.dynamic_sampling:
-        return score_rollout(roles, s, requests)
+    issued: list[PromptRequest] = []  # every request scored, with the group ids the batch has
+
+    def score(reqs: list[PromptRequest]) -> Rollout:
+        issued.extend(reqs)
+        return score_rollout(roles, s, reqs)
 
     def extra_requests(round_: int, n: int) -> list[PromptRequest]:
         return prompt_requests(task, task.sample(n, "train", seed=derive_seed(cfg.seed, "dynamic", step, round_)))
 
-    return fill_batch(
-        lambda reqs: score_rollout(roles, s, reqs),
-        requests,
-        extra_requests,
-        want_groups=cfg.rollout.prompts_per_step,
-        max_rounds=cfg.rollout.dynamic_max_rounds,
-        use_steps=registry.ESTIMATORS[cfg.algo.estimator].needs_step_rewards,
-    )
+    requests = step_requests(cfg, task, step)
+    if not cfg.rollout.dynamic_sampling:
+        rollout = score(requests)
+    else:
+        rollout = fill_batch(
+            score,
+            requests,
+            extra_requests,
+            want_groups=cfg.rollout.prompts_per_step,
+            max_rounds=cfg.rollout.dynamic_max_rounds,
+            use_steps=registry.ESTIMATORS[cfg.algo.estimator].needs_step_rewards,
+        )
+    if not s.guided:
+        return rollout
+    if roles.gold_writer is None:
+        raise RuntimeError("algo.guided.enable, but the roles were started without a gold writer")
+    # after dynamic sampling: a gold sample goes only to a group of the final batch that still all failed
+    return guide_rollout(rollout, issued, roles.gold_writer.trajectory, lambda trajs: score_written(roles, s, trajs))
 
 
 def step_requests(cfg: DictConfig, task, step: int) -> list[PromptRequest]:
@@ -263,6 +277,7 @@ def settings(cfg: DictConfig, roles: Roles, step: int, prefetch: bool = False) -
         reward_batch=cfg.reward.batch_size,
         prefetch=prefetch,
         critic_weights={c.reward: c.weight for c in a.critics},
+        guided=a.guided.enable,
     )
 
 

@@ -40,10 +40,11 @@ class TaskSettings:
     validation_path: str | None = None  # jsonl: a third file, disjoint from the other two
 
 
-TASKS: dict[str, Callable[[TaskSettings], Any]] = {
-    "arithmetic": ArithmeticTask.from_settings,
-    "jsonl": JsonlTask.from_settings,
-}
+_CLASSES: dict[str, type[ArithmeticTask] | type[JsonlTask]] = {"arithmetic": ArithmeticTask, "jsonl": JsonlTask}
+TASKS: dict[str, Callable[[TaskSettings], Any]] = {kind: cls.from_settings for kind, cls in _CLASSES.items()}
+# The kinds whose tasks write a gold solution of every problem (solution_text): what guided samples need
+# (algo.guided, orchestrator/guided.py). JSONL rows hold an answer only.
+GOLD_SOLUTION_KINDS: tuple[str, ...] = tuple(kind for kind, cls in _CLASSES.items() if hasattr(cls, "solution_text"))
 
 
 def make_task(settings: TaskSettings) -> Any:

@@ -168,6 +168,35 @@ def test_dynamic_sampling_replaces_groups_without_signal(ray_local, tmp_path):
         assert r["samples"] == generated
 
 
+def test_guided_samples_replace_a_failure_in_groups_that_all_failed(ray_local, tmp_path):
+    """algo.guided: on chains of 6-7 operations, which the base policy mostly fails, groups whose samples all
+    failed get the gold solution in place of their last sample, scored by the reward sources like any sample
+    (outcome 1), logged in samples.jsonl as guided; the learner still gets prompts_per_step x group_size
+    samples and reports the gold samples' weights."""
+    from orchestrator.train import run_train
+
+    run_dir = str(tmp_path / "guided")
+    over = ["algo.estimator=grpo_outcome", "reward.sources=[{name: outcome}]", "learner.num_ranks=1"]
+    hard = ["task.min_steps=6", "task.max_steps=7", "eval.num_problems=4"]
+    run_train(config(run_dir, "train.steps=2", "algo.guided.enable=true", *hard, *over))
+    steps = [r for r in rows(run_dir) if r["step"] > 0]
+    samples = rows(run_dir, "samples.jsonl")
+    assert any(r["guided/groups"] > 0 for r in steps), [r["guided/groups"] for r in steps]
+    for r in steps:
+        mine = [s for s in samples if s["step"] == r["step"]]
+        gold = [s for s in mine if s["guided"]]
+        assert r["samples_step"] == len(mine) == 16 and r["samples"] == 16 * r["step"]  # replaced, never added
+        assert len(gold) == r["guided/groups"]
+        assert len({s["group_id"] for s in gold}) == len(gold) and all(s["sample"] == 3 for s in gold)  # the last
+        assert all(s["outcome_reward"] == 1.0 and s["replica"] is None for s in gold)
+        if gold:
+            assert r["guided/outcome_mean"] == 1.0
+            # one update per step from the weights that made the batch: pi_theta / mu is 1 up to rounding
+            assert r["guided/weight_mean"] == pytest.approx(1.0, abs=1e-3) and r["guided/weight_max"] <= 2.0
+        bad = {k: v for k, v in r.items() if isinstance(v, float) and not math.isfinite(v)}
+        assert not bad, bad
+
+
 def test_curriculum_moves_up_on_the_validation_pass_rate(ray_local, tmp_path):
     """task.curriculum: after step 1 the greedy pass rate on validation problems of the first level (chains of
     2 operations) is measured; at or above the threshold, step 2 draws longer chains. The checkpoint of step 2

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import coefs
 
-from learner.objective import check_policy_batch, micro_objective, units
+from learner.objective import GUIDED_PEAK, GUIDED_SUMS, check_policy_batch, micro_objective, units
 
 LN2 = math.log(2.0)
 
@@ -62,3 +62,27 @@ def test_check_policy_batch_names_the_missing_key():
         check_policy_batch({k: v for k, v in hand_batch().items() if k != "advantages"}, coefs())
     with pytest.raises(KeyError, match="ref_logprobs"):
         check_policy_batch({k: v for k, v in hand_batch().items() if k != "ref_logprobs"}, coefs(kl_coef=0.1))
+
+
+def test_guided_row_and_its_weight_sums_by_hand():
+    # The hand batch as a gold sample (guided 1.0), max_weight 2. Every new log-prob is ln 0.5 (uniform logits over
+    # V=2); the old ones make the ratios 3, 0.5 and 1 -> weights min(r, 2) = 2, 0.5, 1 on advantages 1, 1, 4:
+    # policy (token) = -(2 * 1 + 0.5 * 1 + 1 * 4) / 3 = -6.5 / 3, unclipped (PPO would clip the first two tokens).
+    # Sums over the gold tokens: w 3.5, w^2 4 + 0.25 + 1 = 5.25, 3 tokens, peak 2 (plain sums, not shares).
+    batch = {**hand_batch(), "guided": torch.ones(1)}
+    logits = torch.zeros(1, 4, 2)
+    half = math.log(0.5)
+    old = torch.tensor([[0.0, half - math.log(3.0), half - math.log(0.5), half]])
+    c = coefs(guided_max_weight=2.0)
+    check_policy_batch(batch, c)
+    loss, m = micro_objective(logits, batch, old, (1.0, 1.0, 1.0), c)
+    assert m["policy_loss"] == pytest.approx(-6.5 / 3) and m["clip_frac"] == 0.0
+    assert [m[k] for k in (*GUIDED_SUMS, GUIDED_PEAK)] == pytest.approx([3.5, 5.25, 3.0, 2.0])
+    batch["guided"] = torch.zeros(1)  # not a gold sample: plain PPO, no gold token to sum
+    _, m = micro_objective(logits, batch, old, (1.0, 1.0, 1.0), c)
+    _, plain = micro_objective(logits, batch, old, (1.0, 1.0, 1.0), coefs())
+    assert m["policy_loss"] == plain["policy_loss"] and m["guided/tokens"] == 0.0
+    with pytest.raises(KeyError, match="guided"):
+        check_policy_batch(hand_batch(), c)
+    with pytest.raises(ValueError, match="max_weight"):  # a gold sample while algo.guided is off is a bug
+        micro_objective(logits, {**hand_batch(), "guided": torch.ones(1)}, old, (1.0, 1.0, 1.0), coefs())
