@@ -5,6 +5,7 @@ a fake actor's `.remote(x)` returns the value itself and ray_get returns what it
 """
 
 import copy
+import dataclasses
 import os
 from types import SimpleNamespace
 
@@ -19,9 +20,10 @@ from orchestrator.dynamic import ROUND_STRIDE
 from orchestrator.guided import GoldWriter, guide_rollout, score_written
 from orchestrator.metrics import rollout_stats, sample_records
 from orchestrator.rollout import Rollout
-from orchestrator.step import StepSettings, train_step
+from orchestrator.step import train_step
 from orchestrator.validate import ConfigError, load_config
 from tasks.arithmetic import problem_from_prompt, solution_steps, solution_text
+from tests.orchestrator.test_step import SETTINGS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(ROOT, "configs", "demo_cpu.yaml")
@@ -213,21 +215,7 @@ def test_train_step_counts_gold_samples_apart_from_the_policy():
         generators=SimpleNamespace(restarts=0, reissued=0),
     )
     pipeline = SimpleNamespace(next=lambda step, version, prefetch: (rollout, {}))
-    s = StepSettings(
-        sampling={},
-        estimator="grpo_outcome",
-        estimator_params={"std_normalize": True},
-        whiten=False,
-        kl_coef=0.0,
-        kl_estimator="k1",
-        kl_in="loss",
-        sft_coef=0.0,
-        train_policy=True,
-        pad_id=0,
-        timeout_s=5.0,
-        sync_method="object_store",
-        guided=True,
-    )
+    s = dataclasses.replace(SETTINGS, sampling={}, timeout_s=5.0, guided=True)
     metrics, trajs = train_step(roles, s, pipeline, 1, 3)
     (b,) = batches
     assert b["guided"].tolist() == [float(g in ((0, 2), (2, 2))) for g in [(g, k) for g in range(4) for k in range(3)]]
