@@ -135,23 +135,21 @@ def all_reduce_sum(x: Tensor, device=None) -> Tensor:
     """Sum over the ranks of the default torch.distributed world (identity without one), computed on
     `device` (default: x's own) and returned there. NCCL reduces only CUDA tensors, so DeepSpeed callers
     pass the engine's device."""
-    import torch.distributed as dist
-
-    x = x if device is None else x.to(device)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.SUM)
-    return x
+    return _all_reduce(x, device, "SUM")
 
 
 def all_reduce_max(x: Tensor, device=None) -> Tensor:
     """Elementwise max over the ranks, otherwise as all_reduce_sum (a statistic that does not add up)."""
+    return _all_reduce(x, device, "MAX")
+
+
+def _all_reduce(x: Tensor, device, op: str) -> Tensor:
     import torch.distributed as dist
 
     x = x if device is None else x.to(device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         x = x.clone()
-        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        dist.all_reduce(x, op=getattr(dist.ReduceOp, op))
     return x
 
 
