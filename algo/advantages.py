@@ -137,15 +137,32 @@ def _token_reward_return(inp: AdvantageInputs, m: Tensor) -> Tensor:
     return returns_to_go(inp.token_rewards.float(), m)
 
 
-def _step_normalized(inp: AdvantageInputs, eps: float, std_normalize: bool, outcome_weight: float) -> Tensor:
-    """[B, K] step rewards normalised over all steps of each group (DeepSeekMath 4.1.3)."""
+def _step_normalized(
+    inp: AdvantageInputs, eps: float, std_normalize: bool, outcome_weight: float, clip_normalized: bool
+) -> Tensor:
+    """[B, K] step rewards normalised over all steps of each group (DeepSeekMath 4.1.3).
+
+    clip_normalized=False: the outcome (times outcome_weight) is added to the last step's reward, then every
+    step of the group is normalised together.
+    clip_normalized=True: the clip mechanism of Gao et al. (2410.15115) moved past the group statistics.
+    Normalisation re-centres rewards, so a clip before it (reward.transform=clip) no longer keeps every step
+    reward <= 0; here the normalised step rewards themselves are clipped, min(r_norm, 0), and a step can only
+    cost. The outcome, normalised on its own over the group's samples as in grpo_outcome, is then added to the
+    last step: clipping it too would drop the success signal, which the paper keeps outside the clip.
+    """
     sm = inp.step_mask.float() * _sample_weight(inp)[:, None]
     r = inp.step_rewards.float()
-    if outcome_weight:
-        r = r + outcome_weight * inp.outcome.float()[:, None] * _last_steps(inp.step_mask.float())
+    last = _last_steps(inp.step_mask.float())
     gid = inp.group_ids[:, None].expand_as(r)
-    flat = group_normalize(r.flatten(), gid.flatten(), sm.flatten(), eps=eps, std_normalize=std_normalize)
-    return flat.view_as(r)
+
+    def normalize(x: Tensor) -> Tensor:
+        flat = group_normalize(x.flatten(), gid.flatten(), sm.flatten(), eps=eps, std_normalize=std_normalize)
+        return flat.view_as(x)
+
+    if not clip_normalized:
+        return normalize(r + outcome_weight * inp.outcome.float()[:, None] * last)
+    o = group_normalize(inp.outcome.float(), inp.group_ids, _sample_weight(inp), eps=eps, std_normalize=std_normalize)
+    return normalize(r).clamp_max(0.0) + outcome_weight * o[:, None] * last
 
 
 # ---------------------------------------------------------------- estimators
@@ -161,7 +178,9 @@ def grpo_outcome(inp: AdvantageInputs, *, std_normalize: bool, eps: float = 1e-6
     return a[:, None] * m + _token_reward_return(inp, m), None
 
 
-def grpo_process(inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: float, eps: float = 1e-6) -> Estimate:
+def grpo_process(
+    inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: float, clip_normalized: bool, eps: float = 1e-6
+) -> Estimate:
     """GRPO with process supervision (DeepSeekMath 2402.03300, section 4.1.3).
 
     Step rewards are normalised over all steps of all samples of the group; a token's advantage is
@@ -170,19 +189,21 @@ def grpo_process(inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: f
     outcome_weight * outcome to the last step's reward before normalisation.
     """
     m = _token_mask(inp)
-    rn = _step_normalized(inp, eps, std_normalize, outcome_weight)
+    rn = _step_normalized(inp, eps, std_normalize, outcome_weight, clip_normalized)
     future = torch.flip(torch.cumsum(torch.flip(rn, [1]), dim=1), [1])  # sum over steps j >= k
     return _per_token(future, inp, m) + _token_reward_return(inp, m), None
 
 
-def grpo_step(inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: float, eps: float = 1e-6) -> Estimate:
+def grpo_step(
+    inp: AdvantageInputs, *, std_normalize: bool, outcome_weight: float, clip_normalized: bool, eps: float = 1e-6
+) -> Estimate:
     """Step-isolated GRPO: the normalisation of DeepSeekMath 4.1.3, but a token sees only its own step.
 
     Departure from the paper (on purpose): no sum over later steps, so a correct step is not
     charged for later mistakes and a wrong step is not forgiven by later fixes.
     """
     m = _token_mask(inp)
-    rn = _step_normalized(inp, eps, std_normalize, outcome_weight)
+    rn = _step_normalized(inp, eps, std_normalize, outcome_weight, clip_normalized)
     return _per_token(rn, inp, m) + _token_reward_return(inp, m), None
 
 

@@ -31,8 +31,12 @@ class Estimator:
 
 ESTIMATORS: dict[str, Estimator] = {
     "grpo_outcome": Estimator(("std_normalize",), needs_groups=True),
-    "grpo_process": Estimator(("std_normalize", "outcome_weight"), needs_step_rewards=True, needs_groups=True),
-    "grpo_step": Estimator(("std_normalize", "outcome_weight"), needs_step_rewards=True, needs_groups=True),
+    "grpo_process": Estimator(
+        ("std_normalize", "outcome_weight", "clip_normalized"), needs_step_rewards=True, needs_groups=True
+    ),
+    "grpo_step": Estimator(
+        ("std_normalize", "outcome_weight", "clip_normalized"), needs_step_rewards=True, needs_groups=True
+    ),
     "gae": Estimator(("gamma", "lam", "outcome_weight"), needs_values=True),
     "step_ppo": Estimator(("gamma", "lam", "outcome_weight"), needs_values=True, needs_step_rewards=True),
     "pav": Estimator(("pav_alpha",), needs_step_rewards=True),

@@ -205,6 +205,11 @@ class AlgoConfig:
         "only, as in DeepSeekMath" + _used_by("outcome_weight"),
     )
     std_normalize: bool = f(True, "divide centred rewards by their std (False: Dr. GRPO)" + _used_by("std_normalize"))
+    clip_normalized: bool = f(
+        False,
+        "clip the group-normalised step rewards at 0 (Gao et al. 2410.15115's clip, after normalisation); "
+        "the outcome is normalised on its own and added unclipped" + _used_by("clip_normalized"),
+    )
     pav_alpha: float = f(1.0, "weight of the prover advantage" + _used_by("pav_alpha"))
     whiten: bool = f(False, "whiten advantages over the batch after the estimator")
     kl_coef: float = f(0.0, "KL(policy || reference) coefficient; 0 disables the reference worker")

@@ -41,7 +41,9 @@ def test_grpo_outcome_adds_token_reward_return():
 # C alone: 0.
 def test_grpo_process_worked():
     inp = build(STEPS, SREW, OUT, GID, prompt=1)
-    adv, ret = compute_advantages("grpo_process", inp, std_normalize=True, outcome_weight=0.0, eps=0.0)
+    adv, ret = compute_advantages(
+        "grpo_process", inp, std_normalize=True, outcome_weight=0.0, clip_normalized=False, eps=0.0
+    )
     # A: step 0 sums steps 0,1: .670820 - 1.565248 = -.894427 (2 tokens); step 1: -1.565248
     # B: step 0: .670820 + .670820 - .447214 = .894427; step 1: .670820 - .447214 = .223607; step 2: -.447214
     assert ret is None
@@ -50,7 +52,9 @@ def test_grpo_process_worked():
 
 def test_grpo_process_outcome_weight():
     inp = build(STEPS, SREW, OUT, GID)
-    adv, _ = compute_advantages("grpo_process", inp, std_normalize=True, outcome_weight=1.0, eps=0.0)
+    adv, _ = compute_advantages(
+        "grpo_process", inp, std_normalize=True, outcome_weight=1.0, clip_normalized=False, eps=0.0
+    )
     # outcome added to the last step: A (1, 0+1), B (1, 1, .5+0): all: 1 1 1 1 .5, mean .9,
     # deviations .1 .1 .1 .1 -.4, squares sum .2, var .05, std .223607: .447214 and -1.788854
     # A: (.447214 + .447214, .447214) ; B: (.447214*2 - 1.788854, .447214 - 1.788854, -1.788854)
@@ -59,18 +63,47 @@ def test_grpo_process_outcome_weight():
 
 def test_grpo_step_worked():
     inp = build(STEPS, SREW, OUT, GID, pad=2)
-    adv, _ = compute_advantages("grpo_step", inp, std_normalize=True, outcome_weight=0.0, eps=0.0)
+    adv, _ = compute_advantages(
+        "grpo_step", inp, std_normalize=True, outcome_weight=0.0, clip_normalized=False, eps=0.0
+    )
     # each token reads its own step's normalised reward (numbers above)
     assert_rows(adv, inp.mask, [[0.670820, 0.670820, -1.565248], [0.670820, 0.670820, -0.447214], [0.0, 0.0]])
-    adv, _ = compute_advantages("grpo_step", inp, std_normalize=False, outcome_weight=0.0)
+    adv, _ = compute_advantages("grpo_step", inp, std_normalize=False, outcome_weight=0.0, clip_normalized=False)
     # Dr. GRPO: deviations only
     assert_rows(adv, inp.mask, [[0.3, 0.3, -0.7], [0.3, 0.3, -0.2], [0.0, 0.0]])
+
+
+def test_clip_after_normalisation_worked():
+    inp = build(STEPS, SREW, OUT, GID)
+    # normalised steps (above): A (.670820, -1.565248), B (.670820, .670820, -.447214); clipped at 0:
+    # A (0, -1.565248), B (0, 0, -.447214). Outcomes normalised alone (grpo_outcome above): A +.707107,
+    # B -.707107, added to the last step: A -1.565248 + .707107 = -.858141, B -.447214 - .707107 = -1.154321.
+    # C alone: 0.
+    adv, _ = compute_advantages("grpo_step", inp, std_normalize=True, outcome_weight=1.0, clip_normalized=True, eps=0.0)
+    assert_rows(adv, inp.mask, [[0.0, 0.0, -0.858141], [0.0, 0.0, -1.154321], [0.0, 0.0]])
+    # grpo_process sums the steps at and after a token's own: every step of A sums to -.858141, of B to -1.154321
+    adv, _ = compute_advantages(
+        "grpo_process", inp, std_normalize=True, outcome_weight=1.0, clip_normalized=True, eps=0.0
+    )
+    assert_rows(adv, inp.mask, [[-0.858141] * 3, [-1.154321] * 3, [0.0, 0.0]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_clip_after_normalisation_lets_steps_only_cost(seed):
+    """Process rewards alone (outcome_weight=0): no token's advantage is positive, so no step can pay, whatever
+    the rewards; the clip before normalisation (reward.transform=clip) cannot promise this."""
+    inp = random_inputs(seed)
+    for name in ("grpo_process", "grpo_step"):
+        adv, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0, clip_normalized=True)
+        assert adv.max().item() <= 0.0
+        unclipped, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0, clip_normalized=False)
+        assert unclipped.max().item() > 0.0
 
 
 def test_grpo_process_all_equal_steps_give_zero():
     inp = build([[1, 2], [3], [1, 1, 1]], [[0.7, 0.7], [0.7], [0.7, 0.7, 0.7]], [1.0, 0.0, 1.0], [5, 5, 5])
     for name in ("grpo_process", "grpo_step"):
-        adv, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0)
+        adv, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0, clip_normalized=False)
         assert adv.abs().max().item() == 0.0
 
 
@@ -147,7 +180,7 @@ def test_sample_valid_excludes_invalid_samples():
         ("rloo", {}),
         ("pav", dict(pav_alpha=1.0)),  # rloo and pav take no eps
         ("reinforce_pp", dict(gamma=1.0, std_normalize=True, eps=0.0)),
-        ("grpo_process", dict(std_normalize=True, outcome_weight=0.0, eps=0.0)),
+        ("grpo_process", dict(std_normalize=True, outcome_weight=0.0, clip_normalized=False, eps=0.0)),
     ):
         adv, _ = compute_advantages(name, inp, **params)
         assert torch.isfinite(adv).all(), name
@@ -177,5 +210,9 @@ def test_errors_name_the_field():
     sm[:, 0] = 0.0
     bad = AdvantageInputs(inp.mask, inp.step_index, inp.step_rewards, sm, inp.outcome, inp.group_ids)
     with pytest.raises(ValueError, match="step_mask"):
-        compute_advantages("grpo_step", bad, std_normalize=True, outcome_weight=0.0)
-    assert math.isfinite(compute_advantages("grpo_step", inp, std_normalize=True, outcome_weight=0.0)[0].sum().item())
+        compute_advantages("grpo_step", bad, std_normalize=True, outcome_weight=0.0, clip_normalized=False)
+    assert math.isfinite(
+        compute_advantages("grpo_step", inp, std_normalize=True, outcome_weight=0.0, clip_normalized=False)[0]
+        .sum()
+        .item()
+    )

@@ -128,7 +128,7 @@ def test_vectorised_equals_loop_reference(seed):
         got, _ = compute_advantages(name, inp, gamma=0.95, lam=0.9, outcome_weight=ow)
         torch.testing.assert_close(got, ref_gae(inp, 0.95, 0.9, ow, per_step), atol=1e-5, rtol=0)
     for name, cumulative in (("grpo_process", True), ("grpo_step", False)):
-        got, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0, eps=1e-6)
+        got, _ = compute_advantages(name, inp, std_normalize=True, outcome_weight=0.0, clip_normalized=False, eps=1e-6)
         torch.testing.assert_close(got, ref_grpo_steps(inp, 1e-6, cumulative), atol=1e-5, rtol=0)
 
 
@@ -159,9 +159,9 @@ def test_step_isolated_estimators_do_not_move_reward_across_steps():
     )
     early = _step_tokens(base, 0, 0) | _step_tokens(base, 0, 1)
     for name, moves, params in (
-        ("grpo_step", False, dict(std_normalize=True, outcome_weight=0.0)),
+        ("grpo_step", False, dict(std_normalize=True, outcome_weight=0.0, clip_normalized=False)),
         ("step_ppo", False, dict(gamma=1.0, lam=0.95, outcome_weight=0.0)),
-        ("grpo_process", True, dict(std_normalize=True, outcome_weight=0.0)),
+        ("grpo_process", True, dict(std_normalize=True, outcome_weight=0.0, clip_normalized=False)),
         ("gae", True, dict(gamma=1.0, lam=0.95, outcome_weight=1.0)),
     ):
         a1, _ = compute_advantages(name, base, **params)

@@ -102,7 +102,9 @@ def test_errors_name_what_is_wrong():
     inp, values = sample()
     params = dict(gamma=1.0, lam=1.0, outcome_weight=1.0)
     with pytest.raises(ValueError, match="critic estimator .*grpo_process"):
-        critic_advantages("grpo_process", inp, {"process": 1.0}, values, std_normalize=True, outcome_weight=1.0)
+        critic_advantages(
+            "grpo_process", inp, {"process": 1.0}, values, std_normalize=True, outcome_weight=1.0, clip_normalized=False
+        )
     with pytest.raises(ValueError, match="must name the same rewards"):
         critic_advantages("gae", inp, {"process": 1.0}, values, **params)
     with pytest.raises(ValueError, match="unknown critic reward 'all'"):
