@@ -269,6 +269,12 @@ def _cross_field(cfg: DictConfig) -> None:
             f"algo.tis_cap={a.tis_cap} caps the importance weight of algo.off_policy=decoupled; "
             f"algo.off_policy={a.off_policy} has none (set algo.off_policy=decoupled, or tis_cap=null)"
         )
+    if a.clip_normalized and "clip_normalized" not in estimator.params:
+        takers = ", ".join(n for n, e in registry.ESTIMATORS.items() if "clip_normalized" in e.params)
+        raise ConfigError(
+            f"algo.clip_normalized=true clips group-normalised step rewards; algo.estimator={a.estimator} "
+            f"normalises none (estimators that take it: {takers})"
+        )
     if learner.critic_warmup_steps and not estimator.needs_values:
         critics = ", ".join(n for n, e in registry.ESTIMATORS.items() if e.needs_values)
         raise ConfigError(

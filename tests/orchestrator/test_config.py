@@ -239,6 +239,13 @@ def test_capability_rules_follow_the_registries():
                 load_config(DEMO, over + ["learner.critic_warmup_steps=2"])
         else:
             assert validate.needs_critic(load_config(DEMO, over + ["learner.critic_warmup_steps=2"]))
+        if "clip_normalized" in spec.params:
+            assert load_config(DEMO, over + ["algo.clip_normalized=true"]).algo.clip_normalized
+        else:
+            with pytest.raises(
+                ConfigError, match=f"algo.clip_normalized=true .* algo.estimator={name} normalises none"
+            ):
+                load_config(DEMO, over + ["algo.clip_normalized=true"])
     assert set(TASKS) == {"arithmetic", "jsonl"} and set(SOURCES) == {"oracle", "outcome", "prm"}
 
 
