@@ -186,7 +186,8 @@ def grpo_process(
     Step rewards are normalised over all steps of all samples of the group; a token's advantage is
     the sum of the normalised rewards of the steps ending at or after it (its own step and later).
     The paper uses process rewards only (outcome_weight=0); outcome_weight > 0 adds
-    outcome_weight * outcome to the last step's reward before normalisation.
+    outcome_weight * outcome to the last step's reward before normalisation; clip_normalized=True clips the
+    normalised step rewards at 0 instead and adds the separately normalised outcome (see _step_normalized).
     """
     m = _token_mask(inp)
     rn = _step_normalized(inp, eps, std_normalize, outcome_weight, clip_normalized)
