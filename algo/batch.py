@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from algo import normalize, registry
-from algo.advantages import AdvantageInputs, compute_advantages, critic_advantages
+from algo.advantages import AdvantageInputs, compute_advantages
+from algo.critics import critic_advantages
 from algo.kl import kl_estimate, kl_in_reward
 from algo.losses import token_logprobs
 from algo.trajectory import Trajectory
@@ -149,7 +150,7 @@ def batch_advantages(
     critic_weights, {"returns": ...} (zeros for estimators without a critic) for one critic on the combined
     reward, its values batch["old_values"]; with critic_weights (reward -> weight, algo.critics), one critic
     per reward, its values batch[critic_key("old_values", reward)], its targets under critic_key("returns",
-    reward), and the advantages are the weighted sum of the critics' (algo.advantages.critic_advantages).
+    reward), and the advantages are the weighted sum of the critics' (algo.critics.critic_advantages).
     """
     if kl_in not in registry.KL_PLACEMENTS:
         raise registry.unknown("KL placement", kl_in, registry.KL_PLACEMENTS)

@@ -61,7 +61,7 @@ TRANSFORMS: dict[str, Transform] = {
     "min_form": Transform(),
 }
 
-# The rewards one critic of `algo.critics` can predict (algo/advantages.py, critic_advantages): "process" the step
+# The rewards one critic of `algo.critics` can predict (algo/critics.py, critic_advantages): "process" the step
 # rewards, "outcome" the outcome reward; each with the kind of reward source that gives it (workers.sources
 # Source.gives). Without algo.critics one critic predicts their combined reward.
 CRITIC_REWARDS: dict[str, str] = {"process": "step", "outcome": "outcome"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from advantage_cases import assert_rows, build, random_inputs
 
-from algo.advantages import compute_advantages, critic_advantages
+from algo.advantages import compute_advantages
+from algo.critics import critic_advantages
 
 # One sample, steps of 2 and 1 tokens, step rewards .5 and .2, outcome 1; process critic values .1 .2 .3,
 # outcome critic values .4 .5 .6.
